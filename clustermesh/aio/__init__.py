@@ -1,0 +1,1 @@
+"""Asyncio primitives that know nothing about clusters, etcd or Kubernetes."""

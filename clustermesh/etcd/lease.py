@@ -1,0 +1,143 @@
+"""Leases for a writer's keys: granting, attaching at most 1000 keys per lease, keeping them alive.
+
+Owns: which lease each key is attached to, the keep-alive stream (a refresh every TTL/3), and noticing that a
+lease is gone (a keep-alive reply with TTL <= 0, or NOT_FOUND) so that the writer re-publishes the keys that
+were attached to it. Why at most 1000 keys per lease: etcd's put latency grows with the number of keys on one
+lease (etcd-io/etcd#15993); Cilium uses the same cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from clustermesh import errors
+from clustermesh.aio import backoff
+from clustermesh.api.etcd import rpc_pb2 as pb
+from clustermesh.etcd import client as etcd_client
+
+log = logging.getLogger(__name__)
+
+MAX_KEYS_PER_LEASE = 1000
+
+
+class LeasePool:
+    """Hands out lease ids for keys and keeps every granted lease alive while run() runs.
+
+    Listeners added with on_lost() are called with the keys of a lease that expired; those keys are detached,
+    and the next lease_for() of each grants a fresh lease. Mutated only from the event loop thread.
+    """
+
+    def __init__(
+        self,
+        client: etcd_client.EtcdClient,
+        *,
+        ttl: int,
+        max_keys_per_lease: int = MAX_KEYS_PER_LEASE,
+    ) -> None:
+        if ttl < 2:
+            raise ValueError("lease ttl must be at least 2 seconds")
+        self.client = client
+        self.ttl = ttl
+        self.max_keys_per_lease = max_keys_per_lease
+        self._lost_listeners: list[Callable[[set[bytes]], None]] = []
+        self._keys: dict[int, set[bytes]] = {}
+        self._lease_of: dict[bytes, int] = {}
+        self._current = 0
+        self._grant_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<LeasePool leases={len(self._keys)} keys={len(self._lease_of)} ttl={self.ttl}>"
+
+    def on_lost(self, listener: Callable[[set[bytes]], None]) -> None:
+        """Call listener(keys) whenever a lease is found expired; each listener picks the keys it owns."""
+        self._lost_listeners.append(listener)
+
+    @property
+    def leases(self) -> list[int]:
+        """Ids of the leases in use."""
+        return list(self._keys)
+
+    async def lease_for(self, key: bytes) -> int:
+        """The lease key is (or now gets) attached to; grants a new lease when the current one is full."""
+        lease = self._lease_of.get(key)
+        if lease is not None:
+            return lease
+        async with self._grant_lock:
+            if not self._current or len(self._keys[self._current]) >= self.max_keys_per_lease:
+                self._current = await self.client.lease_grant(self.ttl)
+                self._keys[self._current] = set()
+            self._keys[self._current].add(key)
+            self._lease_of[key] = self._current
+            return self._current
+
+    def release(self, key: bytes) -> None:
+        """Forget key (it was deleted). Empty leases are kept and reused; they expire only if lost."""
+        lease = self._lease_of.pop(key, None)
+        if lease is not None:
+            self._keys[lease].discard(key)
+
+    def _lost(self, lease: int) -> None:
+        keys = self._keys.pop(lease, set())
+        for key in keys:
+            self._lease_of.pop(key, None)
+        if lease == self._current:
+            self._current = 0
+        log.warning("event=lease.lost lease=%x keys=%d", lease, len(keys))
+        if keys:
+            for listener in self._lost_listeners:
+                listener(keys)
+
+    async def revoke_all(self) -> None:
+        """Revoke every lease (deleting its keys in etcd) and forget them."""
+        for lease in list(self._keys):
+            await self.client.lease_revoke(lease)
+        self._keys.clear()
+        self._lease_of.clear()
+        self._current = 0
+
+    async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        """Keep every lease alive until cancelled; reconnect the keep-alive stream with backoff."""
+        retry = backoff.Backoff(initial=0.2, maximum=min(5.0, self.ttl / 3))
+        if ready is not None:
+            ready.set()
+        while True:
+            try:
+                await self._keep_alive_stream(retry)
+            except errors.StoreError as exc:
+                log.info("event=lease.keepalive.failed reason=%s", exc)
+            await retry.wait()
+            await self.verify()
+
+    async def verify(self) -> None:
+        """Ask etcd which leases survived (after an outage, or a put refused for a missing lease)."""
+        for lease in list(self._keys):
+            try:
+                if await self.client.lease_ttl(lease, timeout=2) <= 0:
+                    self._lost(lease)
+            except errors.StoreError:
+                return
+
+    async def _keep_alive_stream(self, retry: backoff.Backoff) -> None:
+        interval = self.ttl / 3
+
+        async def requests() -> AsyncIterator[pb.LeaseKeepAliveRequest]:
+            while True:
+                for lease in list(self._keys):
+                    yield pb.LeaseKeepAliveRequest(ID=lease)
+                await asyncio.sleep(interval)
+
+        call = self.client.lease_stub.LeaseKeepAlive(requests())
+        try:
+            async for resp in call:
+                self.client.check_header(resp.header)
+                retry.reset()
+                if resp.TTL <= 0 and resp.ID in self._keys:
+                    self._lost(resp.ID)
+        except grpc.RpcError as exc:
+            raise etcd_client.translate(exc, "lease keepalive") from exc
+        finally:
+            call.cancel()

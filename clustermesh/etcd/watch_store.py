@@ -1,0 +1,168 @@
+"""The read side: mirror every key under one etcd prefix into an observer, never missing a delete.
+
+On every start and every reconnect the store marks all keys it has delivered as stale, lists the prefix at one
+revision (paginated), delivers what changed, sweeps (delivers deletes for) the keys the list did not return,
+signals list-done, and then watches from the list's revision + 1. A compaction or any stream failure leads back
+to that relist, after a jittered backoff for failures. Unchanged keys (same mod_revision) are not re-delivered,
+so a relist costs the observer only the real differences.
+
+Stop is not drain: cancelling run() keeps what was delivered (the agent keeps serving last-known state);
+drain() delivers deletes for everything, for when the data's owner is removed.
+Mirrors Cilium's restartableWatchStore (pkg/kvstore/store/watchstore.go) and etcd's mirror.Syncer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from typing import Protocol
+
+from clustermesh import errors
+from clustermesh.aio import backoff
+from clustermesh.etcd import client as etcd_client
+from clustermesh.etcd import watch as etcd_watch
+
+log = logging.getLogger(__name__)
+
+
+class Observer(Protocol):
+    """Receives the store's changes. Called from the store's task; must not block."""
+
+    def on_upsert(self, key: bytes, value: bytes) -> None: ...
+
+    def on_delete(self, key: bytes) -> None: ...
+
+    def on_list_done(self) -> None: ...
+
+
+class State(enum.Enum):
+    """Lifecycle of a WatchStore."""
+
+    IDLE = "idle"
+    LISTING = "listing"
+    WATCHING = "watching"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+class WatchStore:
+    """Lists then watches `prefix` (which must end with '/') through `client`, feeding `observer`.
+
+    Fields are mutated only by the task running run(); readers may look at them at any time.
+    """
+
+    def __init__(
+        self,
+        client: etcd_client.EtcdClient,
+        prefix: bytes,
+        observer: Observer,
+        *,
+        name: str = "",
+        page_size: int = etcd_client.DEFAULT_PAGE_SIZE,
+        retry: backoff.Backoff | None = None,
+    ) -> None:
+        if not prefix.endswith(b"/"):
+            raise ValueError(f"watch prefix {prefix!r} must end with '/' so that siblings never match")
+        self.client = client
+        self.prefix = prefix
+        self.observer = observer
+        self.name = name or prefix.decode(errors="replace")
+        self.page_size = page_size
+        self.retry = retry or backoff.Backoff(initial=0.2, maximum=5.0)
+        self.state = State.IDLE
+        self.synced = asyncio.Event()
+        self.revision = 0
+        self.lists = 0
+        self.failures = 0
+        self.last_error: str = ""
+        self.last_event_at = 0.0
+        self._known: dict[bytes, int] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<WatchStore {self.name} state={self.state.value} keys={len(self._known)} "
+            f"revision={self.revision} lists={self.lists} failures={self.failures}>"
+        )
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._known
+
+    async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        """List and watch until cancelled; sets ready (and self.synced) after the first list-done.
+
+        Raises ClusterIDChanged (the owner must re-dial and re-validate) and PermissionDenied is retried.
+        """
+        if self.state not in (State.IDLE, State.STOPPED):
+            raise RuntimeError(f"{self!r} is already running")
+        try:
+            while True:
+                try:
+                    await self._list_and_watch(ready)
+                except errors.Compacted as exc:
+                    log.info("event=watch.compacted store=%s reason=%s", self.name, exc)
+                except errors.ClusterIDChanged:
+                    raise
+                except errors.StoreError as exc:
+                    self.failures += 1
+                    self.last_error = str(exc)
+                    self.state = State.BACKOFF
+                    log.info("event=watch.failed store=%s reason=%s", self.name, exc)
+                    await self.retry.wait()
+        finally:
+            self.state = State.STOPPED
+
+    async def _list_and_watch(self, ready: asyncio.Event | None) -> None:
+        self.state = State.LISTING
+        stale = set(self._known)
+        result = await self.client.list_prefix(self.prefix, page_size=self.page_size)
+        self.lists += 1
+        self.retry.reset()
+        known = self._known
+        observer = self.observer
+        for kv in result.kvs:
+            stale.discard(kv.key)
+            if known.get(kv.key) != kv.mod_revision:
+                known[kv.key] = kv.mod_revision
+                observer.on_upsert(kv.key, kv.value)
+        for key in stale:
+            del known[key]
+            observer.on_delete(key)
+        self.revision = result.revision
+        observer.on_list_done()
+        self.last_event_at = time.monotonic()
+        if not self.synced.is_set():
+            self.synced.set()
+            if ready is not None:
+                ready.set()
+        log.debug("event=watch.listed store=%s keys=%d swept=%d", self.name, len(result.kvs), len(stale))
+        self.state = State.WATCHING
+        stream = etcd_watch.Watch.prefix(self.client, self.prefix, start_revision=result.revision + 1)
+        async for batch in stream:
+            self._apply(batch)
+
+    def _apply(self, batch: etcd_watch.WatchBatch) -> None:
+        known = self._known
+        observer = self.observer
+        for event in batch.events:
+            if event.type is etcd_watch.EventType.PUT:
+                known[event.key] = event.mod_revision
+                observer.on_upsert(event.key, event.value)
+            elif known.pop(event.key, None) is not None:
+                observer.on_delete(event.key)
+        self.revision = max(self.revision, batch.revision)
+        self.last_event_at = time.monotonic()
+
+    def drain(self) -> int:
+        """Deliver a delete for every known key and forget them; only while not running. Returns the count."""
+        if self.state not in (State.IDLE, State.STOPPED):
+            raise RuntimeError(f"cannot drain {self!r} while it runs; cancel run() first")
+        keys = list(self._known)
+        self._known.clear()
+        for key in keys:
+            self.observer.on_delete(key)
+        return len(keys)
