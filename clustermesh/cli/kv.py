@@ -11,7 +11,7 @@ import asyncio
 import json
 from typing import Any
 
-from clustermesh import codec, errors
+from clustermesh import codec, errors, keys
 from clustermesh.cli import etcd_options, output
 from clustermesh.etcd import client as etcd_client
 from clustermesh.etcd import watch as etcd_watch
@@ -40,10 +40,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def describe(key: bytes, value: bytes) -> dict[str, Any]:
     """Decode one key/value for display: kind, decoded value or raw value with the reason it is invalid."""
     key_str = key.decode(errors="replace")
+    parsed = keys.parse_key(key_str)
+    kind = None
+    if parsed is not None:
+        kind = parsed.kind.value if parsed.type is keys.KeyType.RECORD and parsed.kind else parsed.type.value
     try:
-        kind, record = codec.decode_any(key_str, value)
+        _, record = codec.decode_any(key_str, value)
     except errors.DecodeError as exc:
-        return {"key": key_str, "kind": None, "valid": False, "error": exc.reason,
+        return {"key": key_str, "kind": kind, "valid": False, "error": exc.reason,
                 "raw": value[:RAW_PREVIEW_BYTES].decode(errors="replace")}
     return {"key": key_str, "kind": kind, "valid": True, "value": codec.to_jsonable(record)}
 

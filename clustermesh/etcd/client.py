@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import grpc
 
-from clustermesh import errors, tls
+from clustermesh import errors, keys, tls
 from clustermesh.api.etcd import rpc_pb2 as pb
 from clustermesh.api.etcd import rpc_pb2_grpc as pb_grpc
 
@@ -132,7 +132,7 @@ def delete_op(key: bytes) -> Op:
 def delete_prefix_op(prefix: bytes) -> Op:
     """A delete of every key under prefix inside a transaction."""
     return Op(
-        pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=prefix, range_end=prefix_range_end(prefix)))
+        pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=prefix, range_end=keys.prefix_range_end(prefix)))
     )
 
 
@@ -158,17 +158,6 @@ def mod_revision_equals(key: bytes, revision: int) -> Compare:
     return Compare(
         pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.MOD, key=key, mod_revision=revision)
     )
-
-
-def prefix_range_end(prefix: bytes) -> bytes:
-    """The range end covering every key that starts with prefix (etcd's GetPrefixRangeEnd)."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"
 
 
 _CODE_TO_ERROR: dict[grpc.StatusCode, type[errors.StoreError]] = {
@@ -321,7 +310,7 @@ class EtcdClient:
         timeout: float | None = None,
     ) -> ListResult:
         """Every key under prefix, read page by page at one pinned revision (a consistent snapshot)."""
-        end = prefix_range_end(prefix)
+        end = keys.prefix_range_end(prefix)
         kvs: list[KeyValue] = []
         revision = 0
         start = prefix
@@ -343,7 +332,7 @@ class EtcdClient:
 
     async def count_prefix(self, prefix: bytes, *, timeout: float | None = None) -> int:
         """How many keys exist under prefix."""
-        request = pb.RangeRequest(key=prefix, range_end=prefix_range_end(prefix), count_only=True)
+        request = pb.RangeRequest(key=prefix, range_end=keys.prefix_range_end(prefix), count_only=True)
         with mapped_errors(f"count {prefix!r}"):
             resp = await self._kv.Range(request, timeout=self._timeout(timeout))
         self.check_header(resp.header)
@@ -367,7 +356,7 @@ class EtcdClient:
 
     async def delete_prefix(self, prefix: bytes, *, timeout: float | None = None) -> int:
         """Delete every key under prefix; return how many were deleted."""
-        request = pb.DeleteRangeRequest(key=prefix, range_end=prefix_range_end(prefix))
+        request = pb.DeleteRangeRequest(key=prefix, range_end=keys.prefix_range_end(prefix))
         with mapped_errors(f"delete prefix {prefix!r}"):
             resp = await self._kv.DeleteRange(request, timeout=self._timeout(timeout))
         self.check_header(resp.header)

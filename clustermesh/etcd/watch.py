@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import grpc
 
-from clustermesh import errors
+from clustermesh import errors, keys
 from clustermesh.api.etcd import rpc_pb2 as pb
 from clustermesh.etcd import client as etcd_client
 
@@ -75,7 +75,7 @@ class Watch:
     ) -> Watch:
         """A watch on every key under prefix."""
         return cls(
-            client, prefix, range_end=etcd_client.prefix_range_end(prefix),
+            client, prefix, range_end=keys.prefix_range_end(prefix),
             start_revision=start_revision, progress_notify=progress_notify,
         )
 
