@@ -23,6 +23,9 @@ CACHE = "cilium/cache"
 HEARTBEAT_KEY = "cilium/.heartbeat"
 CLUSTER_CONFIG_PREFIX = "cilium/cluster-config"
 SYNCED_PREFIX = "cilium/synced"
+# Used only by the externalworkload etcd role (reference §2.9, §4.3); not part of mesh sync.
+NODE_REGISTER_PREFIX = "cilium/state/noderegister/v1"
+INIT_LOCK_PATH = "cilium/.initlock"
 
 _VERSION = "v1"
 _IDENTITY_ID = "id"

@@ -1,0 +1,1 @@
+"""Tests against real servers: etcd processes, gRPC and DNS servers on loopback."""
