@@ -19,10 +19,10 @@ from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from bench import harness  # noqa: E402
-from clustermesh.etcd import client as etcd_client  # noqa: E402
-from clustermesh.etcd import process as etcd_process  # noqa: E402
-from clustermesh.etcd import watch as etcd_watch  # noqa: E402
+from bench import harness
+from clustermesh.etcd import client as etcd_client
+from clustermesh.etcd import process as etcd_process
+from clustermesh.etcd import watch as etcd_watch
 
 VALUE = b"v" * 300
 
