@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 
@@ -73,6 +73,24 @@ class LeasePool:
             self._keys[self._current].add(key)
             self._lease_of[key] = self._current
             return self._current
+
+    def adopt(self, lease: int, keys: Iterable[bytes]) -> None:
+        """Take over a lease granted by an earlier run of this writer, with the keys attached to it in etcd.
+
+        For a restart that must not rewrite its keys: call before run() with a lease that etcd still reports
+        alive (client.lease_ttl > 0). run() then keeps it alive, the keys stay attached to it, and new keys join
+        the adopted lease with the most room until it is full. If the lease expired meanwhile, the first
+        keep-alive reports it lost and on_lost listeners re-publish its keys, as for any lost lease.
+        """
+        attached = self._keys.setdefault(lease, set())
+        for key in keys:
+            previous = self._lease_of.get(key)
+            if previous is not None and previous != lease:
+                self._keys[previous].discard(key)
+            attached.add(key)
+            self._lease_of[key] = lease
+        if not self._current or len(attached) < len(self._keys[self._current]):
+            self._current = lease
 
     def release(self, key: bytes) -> None:
         """Forget key (it was deleted). Empty leases are kept and reused; they expire only if lost."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from clustermesh import errors
 from clustermesh.aio import backoff
@@ -94,6 +94,18 @@ class SyncStore:
             self._kick()
         elif self._pending.pop(key, 0) != 0:
             self._settle()
+
+    def prime(self, existing: Iterable[etcd_client.KeyValue]) -> None:
+        """Take keys etcd already holds as written by this store, so that they are not written again.
+
+        For a writer that restarts (its keys are still in etcd, on leases the LeasePool adopted) and for keys the
+        caller wrote itself (e.g. with a create-only transaction). An upsert of the value a primed key holds
+        then writes nothing; a delete removes it. Primed keys count as written at mark_synced(): keys the caller
+        no longer wants must be deleted explicitly, or they survive the sweep. Call from the event loop, before
+        or while run() runs; priming a key again replaces its value.
+        """
+        for kv in existing:
+            self._written[kv.key] = kv.value
 
     def mark_synced(self) -> None:
         """Declare the initial state fully queued: sweep leftovers and write the canary once it has landed."""

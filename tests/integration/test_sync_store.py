@@ -127,3 +127,29 @@ async def test_delete_removes_key_and_lost_lease_republishes(admin) -> None:
             return kv is not None and kv.lease != lease
 
         await eventually(republished, timeout=15)
+
+
+async def test_restarted_writer_adopts_lease_and_rewrites_nothing(admin) -> None:
+    first_leases = etcd_lease.LeasePool(admin, ttl=30)
+    first = sync_store.SyncStore(admin, first_leases, prefix=b"r/")
+    for i in range(10):
+        first.upsert(f"r/{i}".encode(), b"v")
+    async with running(first_leases, first):
+        await asyncio.wait_for(first.flush(), 10)
+    existing = (await admin.list_prefix(b"r/")).kvs
+    (lease,) = {kv.lease for kv in existing}
+    revision = (await admin.status()).revision
+
+    leases = etcd_lease.LeasePool(admin, ttl=30)
+    leases.adopt(lease, [kv.key for kv in existing])
+    store = sync_store.SyncStore(admin, leases, prefix=b"r/")
+    store.prime(existing)
+    for i in range(10):
+        store.upsert(f"r/{i}".encode(), b"v")
+    async with running(leases, store):
+        await asyncio.wait_for(store.flush(), 10)
+        assert (await admin.status()).revision == revision
+        assert leases.leases == [lease] and store.puts == 0
+        store.upsert(b"r/new", b"v")
+        await asyncio.wait_for(store.flush(), 10)
+    assert (await admin.get(b"r/new")).lease == lease

@@ -1,0 +1,138 @@
+"""Pods → endpoints: the identity label set of a pod and its ipcache entries (`cilium/state/ip/v1/default/<ip>`).
+
+What Cilium's agent records in a CiliumEndpoint, derived from the Pod itself (reference §2.5, §2.6): one
+ipcache entry per pod IP (IPv4 and IPv6), naming the pod, its service account and its named container
+ports, and the identity of its label set. The label set is the pod's labels (source `k8s`) plus the
+namespace, the cluster and the service account labels; equal sets share one identity (clustermesh
+identities.py numbers them). The entry's HostIP is the IP of the pod's node, which the caller supplies.
+
+Pods that have no endpoint are not exported: not yet scheduled, without an IP yet, on the host network
+(their IP is the node's, which Cilium does not attribute to a pod), or finished (their IPs are free for reuse).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from apiserver import fields
+from clustermesh import records
+from clustermesh.errors import DecodeError
+
+POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+SERVICE_ACCOUNT_LABEL = "io.cilium.k8s.policy.serviceaccount"
+DEFAULT_SERVICE_ACCOUNT = "default"
+_SOURCE = "k8s"
+_TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# Labels that Cilium's default label filter (pkg/labelsfilter) always drops: they change on every rollout
+# and would give each ReplicaSet generation its own identity. The rest of that filter (kubernetes.io
+# prefixes) is not applied: identities are the pod's own labels.
+_IGNORED_LABELS = frozenset({"pod-template-hash", "pod-template-generation", "controller-revision-hash"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What the apiserver exports about one pod."""
+
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    host_ip: str
+    """The pod's status.hostIP, used when its node is unknown."""
+    service_account: str
+    ips: tuple[str, ...]
+    labels: str
+    """The identity label string (`k8s:a=b;...`), sorted as Cilium sorts it."""
+    named_ports: tuple[records.NamedPort, ...] | None
+
+
+def endpoint(obj: Mapping[str, Any], *, cluster: str) -> Endpoint | None:
+    """The endpoint of a Pod object, or None if the pod has none (yet); DecodeError if it is malformed."""
+    metadata = fields.mapping(obj, "metadata")
+    spec = fields.mapping(obj, "spec")
+    status = fields.mapping(obj, "status")
+    node = fields.string(spec, "nodeName", "spec.nodeName")
+    if not node or spec.get("hostNetwork") is True:
+        return None
+    if fields.string(status, "phase", "status.phase") in _TERMINAL_PHASES:
+        return None
+    ips = _pod_ips(status)
+    if not ips:
+        return None
+    namespace = fields.string(metadata, "namespace", "metadata.namespace", default="default")
+    service_account = (
+        fields.string(spec, "serviceAccountName", "spec.serviceAccountName")
+        or fields.string(spec, "serviceAccount", "spec.serviceAccount")
+        or DEFAULT_SERVICE_ACCOUNT
+    )
+    # Keys are qualified explicitly so that a key containing ':' cannot smuggle in another source.
+    labels = {
+        f"{_SOURCE}:{key}": value
+        for key, value in (fields.string_map(metadata, "labels", "metadata.labels") or {}).items()
+        if key not in _IGNORED_LABELS
+    }
+    labels[f"{_SOURCE}:{POD_NAMESPACE_LABEL}"] = namespace
+    labels[f"{_SOURCE}:{records.POLICY_LABEL_CLUSTER}"] = cluster
+    labels[f"{_SOURCE}:{SERVICE_ACCOUNT_LABEL}"] = service_account
+    try:
+        label_string = records.format_labels(labels)
+    except ValueError as exc:
+        raise DecodeError("metadata.labels", str(exc)) from None
+    host_ip = fields.string(status, "hostIP", "status.hostIP")
+    return Endpoint(
+        namespace=namespace,
+        name=fields.string(metadata, "name", "metadata.name"),
+        uid=fields.string(metadata, "uid", "metadata.uid"),
+        node=node,
+        host_ip=fields.ip(host_ip, "status.hostIP") if host_ip else "",
+        service_account=service_account,
+        ips=ips,
+        labels=label_string,
+        named_ports=_named_ports(spec),
+    )
+
+
+def _pod_ips(status: Mapping[str, Any]) -> tuple[str, ...]:
+    """The pod's IPs in `status.podIPs` order (or `status.podIP`), canonical and without duplicates."""
+    found: dict[str, None] = {}
+    entries = fields.items(status, "podIPs", "status.podIPs")
+    for index, entry in enumerate(entries):
+        path = f"status.podIPs[{index}].ip"
+        found[fields.ip(fields.string(entry, "ip", path), path)] = None
+    if not entries:
+        single = fields.string(status, "podIP", "status.podIP")
+        if single:
+            found[fields.ip(single, "status.podIP")] = None
+    return tuple(found)
+
+
+def _named_ports(spec: Mapping[str, Any]) -> tuple[records.NamedPort, ...] | None:
+    """The pod's named container ports sorted by name (the first container declaring a name wins)."""
+    ports: dict[str, records.NamedPort] = {}
+    for c_index, container in enumerate(fields.items(spec, "containers", "spec.containers")):
+        for p_index, entry in enumerate(fields.items(container, "ports", f"spec.containers[{c_index}].ports")):
+            path = f"spec.containers[{c_index}].ports[{p_index}]"
+            name = fields.string(entry, "name", f"{path}.name")
+            if name and name not in ports:
+                protocol = fields.string(entry, "protocol", f"{path}.protocol", default="TCP")
+                ports[name] = records.NamedPort(name, fields.port(entry, "containerPort", path), protocol)
+    return tuple(ports[name] for name in sorted(ports)) or None
+
+
+def ip_entries(pod: Endpoint, *, identity: int, host_ip: str) -> dict[str, records.IPIdentityPair]:
+    """The ipcache entries of a pod, keyed by IP."""
+    return {
+        ip: records.IPIdentityPair(
+            ip=ip,
+            host_ip=host_ip,
+            id=identity,
+            k8s_namespace=pod.namespace,
+            k8s_pod_name=pod.name,
+            k8s_pod_uid=pod.uid,
+            k8s_service_account=pod.service_account,
+            named_ports=pod.named_ports,
+        )
+        for ip in pod.ips
+    }

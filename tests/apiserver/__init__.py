@@ -1,0 +1,1 @@
+"""Tests of the apiserver: conversions, the identity allocator, the publisher against real etcd, the process."""
