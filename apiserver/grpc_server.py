@@ -1,7 +1,7 @@
 """The apiserver's gRPC endpoint: the `clustermesh.v1.Apiserver` service, gRPC health and reflection.
 
-Answers from the publisher's in-memory state only, never from etcd. Health reports NOT_SERVING until the
-initial sync is complete, then SERVING (for the empty service name and for `clustermesh.v1.Apiserver`), so
+Answers from the publisher's in-memory state, except GetSyncStatus's etcd_status (one Status call). Health
+reports NOT_SERVING until the initial sync is complete, then SERVING (for the empty service name and for `clustermesh.v1.Apiserver`), so
 Kubernetes gRPC probes and `grpcurl` work. Plain TCP without TLS: it serves status, not data.
 """
 
@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from apiserver import publisher as publisher_module
+from clustermesh import errors
 from clustermesh.api.v1 import apiserver_pb2 as pb
 from clustermesh.api.v1 import apiserver_pb2_grpc as pb_grpc
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Apiserver"].full_name
 _STOP_GRACE = 1.0
+ETCD_STATUS_TIMEOUT = 1.0
 
 
 def _version() -> str:
@@ -58,6 +60,7 @@ class ApiserverService(pb_grpc.ApiserverServicer):
         self, request: pb.GetSyncStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.ApiserverSyncStatus:
         return pb.ApiserverSyncStatus(
+            etcd_status=await self._etcd_status(),
             ready=self.publisher.ready.is_set(),
             kinds=[
                 pb.KindSyncStatus(
@@ -76,6 +79,15 @@ class ApiserverService(pb_grpc.ApiserverServicer):
             invalid_objects=self.publisher.invalid_objects,
             source_synced=self.publisher.source_synced,
         )
+
+
+    async def _etcd_status(self) -> str:
+        # The one answer that asks etcd: an operator reading sync status wants to know if etcd answers now.
+        try:
+            status = await self.publisher.client.status(timeout=ETCD_STATUS_TIMEOUT)
+        except errors.StoreError as exc:
+            return f"unreachable: {exc}"
+        return f"connected: etcd {status.version}, cluster id {status.cluster_id:x}, revision {status.revision}"
 
 
 class GrpcServer:

@@ -146,6 +146,7 @@ async def test_serves_status_then_stops_without_revoking(apiserver, admin) -> No
         assert list(info.pod_cidrs) == ["10.244.0.0/24", "10.244.1.0/24", "fd00:10:244::/64"]
         status = await pb_grpc.ApiserverStub(channel).GetSyncStatus(pb.GetSyncStatusRequest())
         assert status.ready and status.source_synced and status.bootstrap_seconds > 0
+        assert status.etcd_status.startswith("connected: etcd 3.5")
         counts = {kind.kind: (kind.synced, kind.keys) for kind in status.kinds}
         assert counts == {
             "nodes": (True, 2), "services": (True, 2), "serviceexports": (True, 2),

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clustermesh/api/v1/apiserver.proto\x12\x0e\x63lustermesh.v1\"\x17\n\x15GetClusterInfoRequest\"\x93\x01\n\x0b\x43lusterInfo\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\r\x12\x1e\n\x16max_connected_clusters\x18\x03 \x01(\r\x12\x16\n\x0e\x65tcd_endpoints\x18\x04 \x03(\t\x12\x11\n\tpod_cidrs\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x16\n\x14GetSyncStatusRequest\"\x92\x01\n\x0eKindSyncStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06synced\x18\x02 \x01(\x08\x12\x0c\n\x04keys\x18\x03 \x01(\r\x12\x0f\n\x07pending\x18\x04 \x01(\r\x12\x0c\n\x04puts\x18\x05 \x01(\x04\x12\x0f\n\x07\x64\x65letes\x18\x06 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x07 \x01(\r\x12\x12\n\nlast_error\x18\x08 \x01(\t\"\x9e\x01\n\x13\x41piserverSyncStatus\x12\r\n\x05ready\x18\x01 \x01(\x08\x12-\n\x05kinds\x18\x02 \x03(\x0b\x32\x1e.clustermesh.v1.KindSyncStatus\x12\x19\n\x11\x62ootstrap_seconds\x18\x03 \x01(\x01\x12\x17\n\x0finvalid_objects\x18\x04 \x01(\r\x12\x15\n\rsource_synced\x18\x05 \x01(\x08\x32\xbd\x01\n\tApiserver\x12T\n\x0eGetClusterInfo\x12%.clustermesh.v1.GetClusterInfoRequest\x1a\x1b.clustermesh.v1.ClusterInfo\x12Z\n\rGetSyncStatus\x12$.clustermesh.v1.GetSyncStatusRequest\x1a#.clustermesh.v1.ApiserverSyncStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clustermesh/api/v1/apiserver.proto\x12\x0e\x63lustermesh.v1\"\x17\n\x15GetClusterInfoRequest\"\x93\x01\n\x0b\x43lusterInfo\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\r\x12\x1e\n\x16max_connected_clusters\x18\x03 \x01(\r\x12\x16\n\x0e\x65tcd_endpoints\x18\x04 \x03(\t\x12\x11\n\tpod_cidrs\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x16\n\x14GetSyncStatusRequest\"\x92\x01\n\x0eKindSyncStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06synced\x18\x02 \x01(\x08\x12\x0c\n\x04keys\x18\x03 \x01(\r\x12\x0f\n\x07pending\x18\x04 \x01(\r\x12\x0c\n\x04puts\x18\x05 \x01(\x04\x12\x0f\n\x07\x64\x65letes\x18\x06 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x07 \x01(\r\x12\x12\n\nlast_error\x18\x08 \x01(\t\"\xb3\x01\n\x13\x41piserverSyncStatus\x12\r\n\x05ready\x18\x01 \x01(\x08\x12-\n\x05kinds\x18\x02 \x03(\x0b\x32\x1e.clustermesh.v1.KindSyncStatus\x12\x19\n\x11\x62ootstrap_seconds\x18\x03 \x01(\x01\x12\x17\n\x0finvalid_objects\x18\x04 \x01(\r\x12\x15\n\rsource_synced\x18\x05 \x01(\x08\x12\x13\n\x0b\x65tcd_status\x18\x06 \x01(\t2\xbd\x01\n\tApiserver\x12T\n\x0eGetClusterInfo\x12%.clustermesh.v1.GetClusterInfoRequest\x1a\x1b.clustermesh.v1.ClusterInfo\x12Z\n\rGetSyncStatus\x12$.clustermesh.v1.GetSyncStatusRequest\x1a#.clustermesh.v1.ApiserverSyncStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,7 +40,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KINDSYNCSTATUS']._serialized_start=254
   _globals['_KINDSYNCSTATUS']._serialized_end=400
   _globals['_APISERVERSYNCSTATUS']._serialized_start=403
-  _globals['_APISERVERSYNCSTATUS']._serialized_end=561
-  _globals['_APISERVER']._serialized_start=564
-  _globals['_APISERVER']._serialized_end=753
+  _globals['_APISERVERSYNCSTATUS']._serialized_end=582
+  _globals['_APISERVER']._serialized_start=585
+  _globals['_APISERVER']._serialized_end=774
 # @@protoc_insertion_point(module_scope)

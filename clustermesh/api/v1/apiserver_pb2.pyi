@@ -51,15 +51,17 @@ class KindSyncStatus(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., synced: _Optional[bool] = ..., keys: _Optional[int] = ..., pending: _Optional[int] = ..., puts: _Optional[int] = ..., deletes: _Optional[int] = ..., failures: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class ApiserverSyncStatus(_message.Message):
-    __slots__ = ("ready", "kinds", "bootstrap_seconds", "invalid_objects", "source_synced")
+    __slots__ = ("ready", "kinds", "bootstrap_seconds", "invalid_objects", "source_synced", "etcd_status")
     READY_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INVALID_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_SYNCED_FIELD_NUMBER: _ClassVar[int]
+    ETCD_STATUS_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     kinds: _containers.RepeatedCompositeFieldContainer[KindSyncStatus]
     bootstrap_seconds: float
     invalid_objects: int
     source_synced: bool
-    def __init__(self, ready: _Optional[bool] = ..., kinds: _Optional[_Iterable[_Union[KindSyncStatus, _Mapping]]] = ..., bootstrap_seconds: _Optional[float] = ..., invalid_objects: _Optional[int] = ..., source_synced: _Optional[bool] = ...) -> None: ...
+    etcd_status: str
+    def __init__(self, ready: _Optional[bool] = ..., kinds: _Optional[_Iterable[_Union[KindSyncStatus, _Mapping]]] = ..., bootstrap_seconds: _Optional[float] = ..., invalid_objects: _Optional[int] = ..., source_synced: _Optional[bool] = ..., etcd_status: _Optional[str] = ...) -> None: ...
