@@ -134,7 +134,10 @@ class SyncStore:
         self._kick()
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
-        """Write until cancelled; sets ready once the canary is written (at once if no canary is set)."""
+        """Write until cancelled; sets ready once the canary is written (at once if no canary is set).
+
+        Retries every StoreError with backoff except ClusterIDChanged, which it raises to the owner.
+        """
         if self._running:
             raise RuntimeError(f"{self!r} is already running")
         self._running = True
@@ -151,6 +154,9 @@ class SyncStore:
                         if ready is not None:
                             ready.set()
                     self.retry.reset()
+                except errors.ClusterIDChanged:
+                    # Another etcd answers now: what we know was written is void. The owner must start over.
+                    raise
                 except errors.StoreError as exc:
                     self.failures += 1
                     self.last_error = str(exc)
