@@ -1,8 +1,9 @@
 """The apiserver's gRPC endpoint: the `clustermesh.v1.Apiserver` service, gRPC health and reflection.
 
 Answers from the publisher's in-memory state, except GetSyncStatus's etcd_status (one Status call). Health
-reports NOT_SERVING until the initial sync is complete, then SERVING (for the empty service name and for `clustermesh.v1.Apiserver`), so
-Kubernetes gRPC probes and `grpcurl` work. Plain TCP without TLS: it serves status, not data.
+reports NOT_SERVING until the initial sync is complete, then SERVING (for the empty service name and for
+`clustermesh.v1.Apiserver`), so Kubernetes gRPC probes and `grpcurl` work. Plain TCP without TLS: it serves
+status, not data.
 """
 
 from __future__ import annotations
