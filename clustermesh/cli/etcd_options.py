@@ -7,13 +7,22 @@ import pathlib
 
 from clustermesh import errors, tls
 from clustermesh.etcd import client as etcd_client
+from clustermesh.local_mesh import mesh_file
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """Add --etcd-endpoints/--etcd-ca/--etcd-cert/--etcd-key (and --etcd-server-name) to parser."""
+def add_arguments(parser: argparse.ArgumentParser, *, required: bool = True, local_mesh: bool = False) -> None:
+    """Add --etcd-endpoints/--etcd-ca/--etcd-cert/--etcd-key (and --etcd-server-name) to parser.
+
+    With local_mesh, also --mesh DIR --cluster NAME: the etcd and admin credentials of a cluster started by
+    `clustermesh up --dir DIR`, so an operator need not spell out certificate paths.
+    """
     group = parser.add_argument_group("etcd connection")
-    group.add_argument("--etcd-endpoints", required=required, metavar="URL[,URL]",
+    group.add_argument("--etcd-endpoints", required=required and not local_mesh, metavar="URL[,URL]",
                        help="etcd client URLs, e.g. https://127.0.0.1:2379")
+    if local_mesh:
+        group.add_argument("--mesh", type=pathlib.Path, metavar="DIR",
+                           help="a local mesh directory (clustermesh up --dir); use with --cluster")
+        group.add_argument("--cluster", metavar="NAME", help="the cluster of --mesh whose etcd to read")
     group.add_argument("--etcd-ca", type=pathlib.Path, metavar="FILE", help="CA bundle to verify etcd")
     group.add_argument("--etcd-cert", type=pathlib.Path, metavar="FILE", help="client certificate")
     group.add_argument("--etcd-key", type=pathlib.Path, metavar="FILE", help="client private key")
@@ -22,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> 
 
 def config_from_args(args: argparse.Namespace) -> etcd_client.EtcdConfig:
     """Build an EtcdConfig from parsed flags; raise ConfigError naming what is missing or wrong."""
+    if getattr(args, "mesh", None) is not None:
+        return _from_local_mesh(args)
     endpoints = tuple(e.strip() for e in (args.etcd_endpoints or "").split(",") if e.strip())
     if not endpoints:
         raise errors.ConfigError("--etcd-endpoints: at least one endpoint URL is required")
@@ -42,3 +53,13 @@ def config_from_args(args: argparse.Namespace) -> etcd_client.EtcdConfig:
     elif any(e.startswith(("https://", "unixs://")) for e in endpoints):
         raise errors.ConfigError("--etcd-ca, --etcd-cert and --etcd-key are required for https:// endpoints")
     return etcd_client.EtcdConfig(endpoints=endpoints, tls=files, server_name=args.etcd_server_name)
+
+
+def _from_local_mesh(args: argparse.Namespace) -> etcd_client.EtcdConfig:
+    if not args.cluster:
+        raise errors.ConfigError("--mesh needs --cluster NAME (which cluster's etcd to read)")
+    if args.etcd_endpoints:
+        raise errors.ConfigError("--mesh and --etcd-endpoints exclude each other")
+    etcd = mesh_file.load(args.mesh).cluster(args.cluster).etcd
+    files = tls.TLSFiles(ca=pathlib.Path(etcd.ca), cert=pathlib.Path(etcd.cert), key=pathlib.Path(etcd.key))
+    return etcd_client.EtcdConfig(endpoints=tuple(etcd.endpoints), tls=files)

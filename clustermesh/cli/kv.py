@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     ):
         action = actions.add_parser(name, help=help_text)
         action.add_argument("prefix", metavar="PREFIX", help="key or key prefix, e.g. cilium/state/nodes/v1/")
-        etcd_options.add_arguments(action)
+        etcd_options.add_arguments(action, local_mesh=True)
         output.add_argument(action)
         if name == "watch":
             action.add_argument("--count", type=int, default=0, help="stop after this many events (0: never)")

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -36,7 +37,8 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title:
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
+        # Cells are data, not markup: "[fd00::1]:80" must print as it is.
+        table.add_row(*("" if cell is None else escape(str(cell)) for cell in row))
     console().print(table)
 
 

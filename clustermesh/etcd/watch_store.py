@@ -133,15 +133,18 @@ class WatchStore:
             del known[key]
             observer.on_delete(key)
         self.revision = result.revision
+        listed = len(result.kvs)
+        # The listed values must not live as long as the watch: they are the bulk of a bootstrap's memory.
+        del result
         observer.on_list_done()
         self.last_event_at = time.monotonic()
         if not self.synced.is_set():
             self.synced.set()
             if ready is not None:
                 ready.set()
-        log.debug("event=watch.listed store=%s keys=%d swept=%d", self.name, len(result.kvs), len(stale))
+        log.debug("event=watch.listed store=%s keys=%d swept=%d", self.name, listed, len(stale))
         self.state = State.WATCHING
-        stream = etcd_watch.Watch.prefix(self.client, self.prefix, start_revision=result.revision + 1)
+        stream = etcd_watch.Watch.prefix(self.client, self.prefix, start_revision=self.revision + 1)
         async for batch in stream:
             self._apply(batch)
 

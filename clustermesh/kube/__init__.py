@@ -1,12 +1,13 @@
 """Kubernetes sources: the only code that talks to the Kubernetes API or reads Kubernetes YAML.
 
 Consumers build a source with `parse_source_spec(spec, kinds=...)` (or a source class directly) and run it in a
-task they own; everything they need is re-exported here. API errors are retried inside a source and never
+task they own; everything they need is re-exported here, except the Kubernetes API source itself
+(`clustermesh.kube.kubernetes_api`): importing the kubernetes client costs most of a daemon's start-up time, so
+only a process that talks to a live API server pays it. API errors are retried inside a source and never
 reach its caller, so the KubeAPIError tree (clustermesh.kube.errors) is not part of this surface.
 """
 
 from clustermesh.kube.event import SYNCED, Event, EventSink, EventType, SourceItem, Synced
-from clustermesh.kube.kubernetes_api import KubernetesAPIOptions, KubernetesAPISource
 from clustermesh.kube.manifests import ManifestSource
 from clustermesh.kube.objects import Kind, ObjectKey
 from clustermesh.kube.source import Source, parse_source_spec
@@ -17,8 +18,6 @@ __all__ = [
     "EventSink",
     "EventType",
     "Kind",
-    "KubernetesAPIOptions",
-    "KubernetesAPISource",
     "ManifestSource",
     "ObjectKey",
     "Source",

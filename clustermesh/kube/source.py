@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from clustermesh.errors import ConfigError
-from clustermesh.kube import event, kubernetes_api, manifests, objects
+from clustermesh.kube import event, manifests, objects
 
 _SPEC_FORMS = "'manifests:DIR', 'kubernetes' or 'kubernetes:KUBECONFIG'"
 
@@ -47,11 +47,12 @@ def parse_source_spec(spec: str, *, kinds: Iterable[objects.Kind | str]) -> Sour
         if not directory.is_dir():
             raise ConfigError(f"source {spec!r}: {directory} is not a directory")
         return manifests.ManifestSource(directory, kinds=kinds)
-    if scheme == "kubernetes" and not colon:
-        return kubernetes_api.KubernetesAPISource(kinds=kinds)
-    if scheme == "kubernetes" and argument:
-        kubeconfig = Path(argument)
-        if not kubeconfig.is_file():
+    if scheme == "kubernetes" and (argument or not colon):
+        kubeconfig = Path(argument) if argument else None
+        if kubeconfig is not None and not kubeconfig.is_file():
             raise ConfigError(f"source {spec!r}: kubeconfig {kubeconfig} is not a file")
+        # Imported here: the kubernetes client is slow to import and only this source needs it.
+        from clustermesh.kube import kubernetes_api
+
         return kubernetes_api.KubernetesAPISource(kubeconfig, kinds=kinds)
     raise ConfigError(f"invalid source {spec!r}: expected {_SPEC_FORMS}")

@@ -15,7 +15,7 @@ import asyncio
 import pytest
 
 from apiserver import publisher as publisher_module
-from clustermesh import kube
+from clustermesh.kube import kubernetes_api
 from tests.apiserver.conftest import CLUSTER, state
 from tests.helpers import eventually
 from tests.kube import test_kubernetes_api as fake
@@ -23,7 +23,7 @@ from tests.kube import test_kubernetes_api as fake
 NAMESPACES = fake.Resource("/api/v1/namespaces", "v1", "Namespace")
 PODS = fake.Resource("/api/v1/pods", "v1", "Pod")
 ENDPOINT_SLICES = fake.Resource("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice")
-OPTIONS = kube.KubernetesAPIOptions(backoff_initial=0.05, backoff_maximum=0.2, absent_recheck=0.1)
+OPTIONS = kubernetes_api.KubernetesAPIOptions(backoff_initial=0.05, backoff_maximum=0.2, absent_recheck=0.1)
 
 
 def pod(name: str, ip: str, **labels: str) -> dict:
@@ -74,7 +74,7 @@ async def test_list_watch_bookmark_and_relist_reach_etcd(cluster, kubeconfig, ad
     cluster.put(fake.SERVICE_EXPORTS, {
         "metadata": {"name": "web", "namespace": "shop", "creationTimestamp": "2026-01-01T00:00:00Z"},
     })
-    source = kube.KubernetesAPISource(kubeconfig, kinds=publisher_module.SOURCE_KINDS, options=OPTIONS)
+    source = kubernetes_api.KubernetesAPISource(kubeconfig, kinds=publisher_module.SOURCE_KINDS, options=OPTIONS)
 
     async with start_publisher(source) as running:
         # Initial list.

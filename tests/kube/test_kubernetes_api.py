@@ -37,6 +37,7 @@ import yaml
 
 from clustermesh import kube
 from clustermesh.errors import ConfigError
+from clustermesh.kube import kubernetes_api
 
 if TYPE_CHECKING:
     from conftest import Recorder
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 Start = Callable[[kube.Source, kube.EventSink], Awaitable["asyncio.Task[None]"]]
 UPSERT, DELETE = kube.EventType.UPSERT, kube.EventType.DELETE
 DEADLINE = 10.0
-FAST = kube.KubernetesAPIOptions(backoff_initial=0.05, backoff_maximum=0.2, absent_recheck=0.1)
+FAST = kubernetes_api.KubernetesAPIOptions(backoff_initial=0.05, backoff_maximum=0.2, absent_recheck=0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,9 +412,9 @@ def kubeconfig(tmp_path: Path, server: FakeAPIServer) -> Path:
 
 
 def source_for(
-    kubeconfig: Path, *kinds: kube.Kind, options: kube.KubernetesAPIOptions = FAST
-) -> kube.KubernetesAPISource:
-    return kube.KubernetesAPISource(kubeconfig, kinds=kinds or [kube.Kind.NODE], options=options)
+    kubeconfig: Path, *kinds: kube.Kind, options: kubernetes_api.KubernetesAPIOptions = FAST
+) -> kubernetes_api.KubernetesAPISource:
+    return kubernetes_api.KubernetesAPISource(kubeconfig, kinds=kinds or [kube.Kind.NODE], options=options)
 
 
 async def test_initial_list_is_delivered_as_plain_objects_then_synced(

@@ -12,7 +12,7 @@ import pytest
 
 from clustermesh import kube
 from clustermesh.errors import ConfigError
-from clustermesh.kube import emitter
+from clustermesh.kube import emitter, kubernetes_api
 
 if TYPE_CHECKING:
     from conftest import Recorder
@@ -33,9 +33,9 @@ def test_kubernetes_spec_with_and_without_kubeconfig(tmp_path: Path) -> None:
     default = kube.parse_source_spec("kubernetes", kinds=["Pod"])
     explicit = kube.parse_source_spec(f"kubernetes:{kubeconfig}", kinds=["Pod"])
 
-    assert isinstance(default, kube.KubernetesAPISource)
+    assert isinstance(default, kubernetes_api.KubernetesAPISource)
     assert default.kubeconfig is None
-    assert isinstance(explicit, kube.KubernetesAPISource)
+    assert isinstance(explicit, kubernetes_api.KubernetesAPISource)
     assert explicit.kubeconfig == kubeconfig
 
 

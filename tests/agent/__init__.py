@@ -1,0 +1,1 @@
+"""Tests of the agent: caches, peers, servers and the process."""
