@@ -87,7 +87,8 @@ class MeshCache:
         if kind is Kind.SERVICES:
             assert isinstance(record, records.ClusterService)
             self._services.setdefault((record.namespace, record.name), {})[cluster] = record
-        self._notify(Change(kind, cluster, name, record))
+        if self._listeners:
+            self._notify(Change(kind, cluster, name, record))
 
     def delete(self, kind: Kind, cluster: str, name: str) -> None:
         """Remove the peer's `name` of kind (if present) and notify listeners."""
@@ -103,7 +104,8 @@ class MeshCache:
             by_cluster.pop(cluster, None)
             if not by_cluster:
                 self._services.pop((record.namespace, record.name), None)
-        self._notify(Change(kind, cluster, name, None))
+        if self._listeners:
+            self._notify(Change(kind, cluster, name, None))
 
     def drain(self, cluster: str, kinds: tuple[Kind, ...] = tuple(Kind)) -> int:
         """Delete every record of the given kinds of a peer (with notifications); returns how many."""

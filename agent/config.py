@@ -1,7 +1,8 @@
 """The agent's configuration: every setting of `clustermesh-agent`, validated as a whole before anything starts.
 
 Owns the values and their rules (names and IDs as identity.py defines them, addresses that parse, TLS that
-is complete and only where it applies); main.py turns flags into an AgentConfig and composes the components
+is complete and only where it applies, exactly one source of peers: the mesh-config directory or the
+ClusterMesh resource); main.py turns flags into an AgentConfig and composes the components
 from it. Each violation raises ConfigError with a message naming the flag, which main prints on one line.
 """
 
@@ -18,6 +19,8 @@ from clustermesh.errors import ConfigError
 DEFAULT_LISTEN = "unix:/var/run/clustermesh/agent.sock"
 """Where the gRPC API listens unless told otherwise (also the default `--agent` of the `clustermesh` CLI)."""
 DEFAULT_DNS_DOMAIN = "cluster.local"
+DEFAULT_CLUSTERMESH_NAMESPACE = "kube-system"
+"""Where peer Secrets are read from unless told otherwise: where `clustermesh connect` writes them by default."""
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
@@ -75,13 +78,19 @@ class AgentConfig:
     cluster_name: str
     cluster_id: int
     node_name: str
-    mesh_config: pathlib.Path
+    mesh_config: pathlib.Path | None = None
+    clustermesh_resource: str | None = None
+    """`kubernetes[:KUBECONFIG]`: peers from the ClusterMesh resources and their Secrets (instead of mesh_config)."""
+    clustermesh_namespace: str = DEFAULT_CLUSTERMESH_NAMESPACE
+    peer_tls_dir: pathlib.Path | None = None
+    """Where the private directory for the peers' TLS files is created (with clustermesh_resource)."""
     local_source: str | None = None
     listen: ListenAddress = dataclasses.field(default_factory=lambda: parse_listen(DEFAULT_LISTEN))
     tls: tls.TLSFiles | None = None
     dns_listen: HostPort | None = None
     dns_domain: str = DEFAULT_DNS_DOMAIN
     metrics_listen: HostPort | None = None
+    health_listen: HostPort | None = None
     cache_ttl: float = 0.0
     keepalive_interval: float = 5.0
     keepalive_timeout: float = 5.0
@@ -92,8 +101,19 @@ class AgentConfig:
         identity.validate_cluster(self.cluster_name, self.cluster_id, self.max_connected_clusters)
         if not self.node_name or "/" in self.node_name:
             raise ConfigError(f"--node-name: {self.node_name!r} is not a node name")
-        if not self.mesh_config.is_dir():
+        if (self.mesh_config is None) == (self.clustermesh_resource is None):
+            raise ConfigError("exactly one of --mesh-config and --clustermesh-resource is required")
+        if self.mesh_config is not None and not self.mesh_config.is_dir():
             raise ConfigError(f"--mesh-config: {self.mesh_config} is not a directory")
+        if self.clustermesh_resource is not None:
+            try:
+                kube.parse_kubernetes_spec(self.clustermesh_resource)
+            except ConfigError as exc:
+                raise ConfigError(f"--clustermesh-resource: {exc}") from None
+        if len(self.clustermesh_namespace) > 63 or not _DNS_LABEL.fullmatch(self.clustermesh_namespace):
+            raise ConfigError(f"--clustermesh-namespace: {self.clustermesh_namespace!r} is not a namespace name")
+        if self.peer_tls_dir is not None and not self.peer_tls_dir.is_dir():
+            raise ConfigError(f"--peer-tls-dir: {self.peer_tls_dir} is not a directory")
         if self.local_source is not None:
             # Builds (and drops) the source only to check the spec; main builds the one it runs.
             kube.parse_source_spec(self.local_source, kinds=[kube.Kind.SERVICE])

@@ -12,6 +12,12 @@ never blocked or slowed by a consumer). Changes are not coalesced: each one is d
 A stream whose queue holds more than `max_pending` undelivered changes is cut off with RESOURCE_EXHAUSTED
 ("re-watch to resync"); its queue is dropped at once, so a stuck consumer costs at most `max_pending` changes
 of memory. A client that gets RESOURCE_EXHAUSTED opens a new Watch and receives a fresh snapshot.
+
+WatchBatched sends the same events in the same order, as many per message as are pending when the stream is
+ready to send (at most the request's max_batch, and about MAX_BATCH_BYTES). gRPC costs each end tens of
+microseconds per message whatever its size, so one message per change caps a Watch stream at a few thousand
+changes per second (measured: bench/propagation.py); batched, a stream keeps up with far more, and batches
+grow only when the consumer is behind, so at low rates latency is unchanged.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ import logging
 import pathlib
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import NoReturn, Protocol
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import NamedTuple, NoReturn, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -45,6 +51,10 @@ Kind = mesh_cache.Kind
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 DEFAULT_MAX_PENDING = 65_536
 """Undelivered changes a Watch stream may hold before it is cut off (see the module docstring)."""
+DEFAULT_MAX_BATCH = 1024
+"""Events per WatchBatched message when the request does not say (and the most it may ask for)."""
+MAX_BATCH_BYTES = 1 << 20
+"""A WatchBatched message is closed once it holds this many bytes (a client's default limit is 4 MiB)."""
 
 WATCH_KINDS: dict[str, Kind] = {
     "nodes": Kind.NODES,
@@ -54,6 +64,10 @@ WATCH_KINDS: dict[str, Kind] = {
 }
 """The kind names of the API (WatchRequest.kinds, WatchEvent.kind) and the cache kinds they stand for."""
 _KIND_NAMES = {kind: name for name, kind in WATCH_KINDS.items()}
+
+_UPSERT = agent_pb2.WatchEvent.UPSERT
+_DELETE = agent_pb2.WatchEvent.DELETE
+_SYNCED = agent_pb2.WatchEvent.SYNCED
 
 _PEER_FIELDS = tuple(
     field.name for field in agent_pb2.PeerStatus.DESCRIPTOR.fields if field.name != "synced"
@@ -159,13 +173,29 @@ def peer_message(status: peer_status.PeerStatus) -> agent_pb2.PeerStatus:
     return message
 
 
-def _event(
-    event_type: agent_pb2.WatchEvent.Type, change: mesh_cache.Change, timestamp: float
-) -> agent_pb2.WatchEvent:
-    event = agent_pb2.WatchEvent(
-        type=event_type, kind=_KIND_NAMES[change.kind], cluster=change.cluster, key=change.name,
-        timestamp_unix=timestamp,
-    )
+class _Pending(NamedTuple):
+    """An event to send: its type, the change (None for SYNCED) and when it happened (Unix time)."""
+
+    type: agent_pb2.WatchEvent.Type
+    change: mesh_cache.Change | None
+    timestamp: float
+
+
+def _event(pending: _Pending) -> agent_pb2.WatchEvent:
+    event = agent_pb2.WatchEvent()
+    _fill_event(event, pending)
+    return event
+
+
+def _fill_event(event: agent_pb2.WatchEvent, pending: _Pending) -> None:
+    event.type = pending.type
+    event.timestamp_unix = pending.timestamp
+    change = pending.change
+    if change is None:
+        return
+    event.kind = _KIND_NAMES[change.kind]
+    event.cluster = change.cluster
+    event.key = change.name
     record = change.record
     if isinstance(record, records.Node):
         event.node.CopyFrom(node_message(change.cluster, record))
@@ -175,7 +205,22 @@ def _event(
         event.ipcache.CopyFrom(ipcache_message(change.cluster, record))
     elif isinstance(record, records.ClusterService):
         event.service.CopyFrom(service_message(change.cluster, record))
-    return event
+
+
+def _batches(pending: Iterable[_Pending], max_batch: int) -> Iterator[agent_pb2.WatchEventBatch]:
+    """pending as WatchEventBatch messages of at most max_batch events and about MAX_BATCH_BYTES each."""
+    batch = agent_pb2.WatchEventBatch()
+    size = 0
+    for item in pending:
+        event = batch.events.add()
+        _fill_event(event, item)
+        size += event.ByteSize()
+        if len(batch.events) >= max_batch or size >= MAX_BATCH_BYTES:
+            yield batch
+            batch = agent_pb2.WatchEventBatch()
+            size = 0
+    if batch.events:
+        yield batch
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -195,7 +240,7 @@ class _Subscription:
     def __init__(self, kinds: frozenset[Kind], max_pending: int) -> None:
         self._kinds = kinds
         self._max_pending = max_pending
-        self._pending: collections.deque[tuple[mesh_cache.Change, float]] = collections.deque()
+        self._pending: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
         self.overflowed = False
 
@@ -206,10 +251,10 @@ class _Subscription:
             self.overflowed = True
             self._pending.clear()
         else:
-            self._pending.append((change, time.time()))
+            self._pending.append(_Pending(_DELETE if change.record is None else _UPSERT, change, time.time()))
         self._wakeup.set()
 
-    async def take(self) -> list[tuple[mesh_cache.Change, float]]:
+    async def take(self) -> list[_Pending]:
         """Every pending change (at least one), oldest first; raises _FellBehind after an overflow."""
         while not self._pending and not self.overflowed:
             self._wakeup.clear()
@@ -350,6 +395,22 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     async def Watch(
         self, request: agent_pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.WatchEvent]:
+        async for pending in self._watch(request, context):
+            for item in pending:
+                yield _event(item)
+
+    async def WatchBatched(
+        self, request: agent_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[agent_pb2.WatchEventBatch]:
+        max_batch = min(request.max_batch or DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH)
+        async for pending in self._watch(request, context):
+            for batch in _batches(pending, max_batch):
+                yield batch
+
+    async def _watch(
+        self, request: agent_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Iterable[_Pending]]:
+        """The events of a Watch, in runs: the snapshot and SYNCED, then whatever is pending at each wakeup."""
         unknown = [name for name in request.kinds if name not in WATCH_KINDS]
         if unknown:
             await _reject(context, f"unknown kinds {unknown}; expected some of {list(WATCH_KINDS)}")
@@ -360,24 +421,16 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         unsubscribe = self._cache.subscribe(subscription.offer)
         self.watchers += 1
         try:
-            snapshot = [] if request.skip_initial else self._snapshot(kinds)
-            stamp = time.time()
-            for change in snapshot:
-                yield _event(agent_pb2.WatchEvent.UPSERT, change, stamp)
-            del snapshot
-            yield agent_pb2.WatchEvent(type=agent_pb2.WatchEvent.SYNCED, timestamp_unix=time.time())
+            yield _initial([] if request.skip_initial else self._snapshot(kinds))
             while True:
                 try:
-                    batch = await subscription.take()
+                    yield await subscription.take()
                 except _FellBehind:
                     log.warning("event=watch.overflow peer=%s max_pending=%d", context.peer(), self._max_pending)
                     await context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"fell behind by more than {self._max_pending} changes; re-watch to resync",
                     )
-                for change, changed_at in batch:
-                    event_type = agent_pb2.WatchEvent.DELETE if change.record is None else agent_pb2.WatchEvent.UPSERT
-                    yield _event(event_type, change, changed_at)
         finally:
             self.watchers -= 1
             unsubscribe()
@@ -388,6 +441,14 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             for kind in sorted(kinds, key=lambda k: k.value)
             for cluster, name, record in self._cache.items(kind)
         ]
+
+
+def _initial(snapshot: list[mesh_cache.Change]) -> Iterator[_Pending]:
+    """The snapshot as upserts, then SYNCED stamped when it is reached."""
+    stamp = time.time()
+    for change in snapshot:
+        yield _Pending(_UPSERT, change, stamp)
+    yield _Pending(_SYNCED, None, time.time())
 
 
 async def _reject(context: grpc.aio.ServicerContext, message: str) -> NoReturn:

@@ -2,11 +2,12 @@
 
 Owns one RemoteCluster and one task per configured peer, keyed by cluster name, plus what the peers share: the
 cluster-ID reservations and the pod-CIDR claims (cluster_ids.py). set_peers() says what is wanted (from the
-mesh-config watcher); run() reconciles in one place (kopf's adjust_tasks): stop the redundant first — a
-removed peer is drained and its ID released, a changed one is stopped to reconnect with its new file, keeping
-its entries — then start the missing. A peer removed and re-added before the reconciler ran is simply kept.
-Cancelling run() stops every peer without draining (stop is not remove). Cilium: pkg/clustermesh/common/
-clustermesh.go.
+mesh-config watcher or the ClusterMesh resource) and which declared peers have no usable configuration, and
+why (a missing Secret: shown by statuses(), nothing else happens). run() reconciles in one place (kopf's
+adjust_tasks): stop the redundant first — a removed peer is drained and its ID released, a changed one is
+stopped to reconnect with its new configuration, keeping its entries — then start the missing. A peer removed
+and re-added before the reconciler ran is simply kept. Cancelling run() stops every peer without draining (stop
+is not remove). Cilium: pkg/clustermesh/common/clustermesh.go.
 
 Serving code reads the cache (agent/cache.py), statuses() and peer_synced(); it never touches a peer.
 """
@@ -14,14 +15,16 @@ Serving code reads the cache (agent/cache.py), statuses() and peer_synced(); it 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from agent import cache as mesh_cache
 from agent import cluster_ids, remote_cluster
 from agent.peer_status import PeerStatus
 from clustermesh import identity
+from clustermesh.aio import tasks
 from clustermesh.mesh_config import PeerConfig
 
 __all__ = ["LocalCluster", "Mesh", "PeerOptions"]
@@ -56,6 +59,7 @@ class Mesh:
         )
         self._pod_cidrs = cluster_ids.PodCIDRs(local_cluster=local.name, local_cidrs=local.pod_cidrs)
         self._desired: dict[str, PeerConfig] = {}
+        self._problems: dict[str, str] = {}
         self._peers: dict[str, remote_cluster.RemoteCluster] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -67,14 +71,17 @@ class Mesh:
             f"running={sorted(self._tasks)}>"
         )
 
-    def set_peers(self, desired: dict[str, PeerConfig]) -> None:
+    def set_peers(self, desired: Mapping[str, PeerConfig], problems: Mapping[str, str] | None = None) -> None:
         """Make `desired` the peer set; run() reconciles it soon (or at start). Never blocks.
 
-        A config for the local cluster's own name is ignored, as Cilium does.
+        `problems` maps declared peers to why their configuration is unusable; statuses() shows them (a peer
+        not in `desired` as not started, a running one keeps running with its status annotated), until the next
+        call. A config or problem for the local cluster's own name is ignored, as Cilium does.
         """
         if self.local.name in desired:
             log.info("event=mesh.peer.ignored cluster=%s reason=%r", self.local.name, "the local cluster")
         self._desired = {name: config for name, config in desired.items() if name != self.local.name}
+        self._problems = {name: problem for name, problem in (problems or {}).items() if name != self.local.name}
         self._wake.set()
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
@@ -98,18 +105,26 @@ class Mesh:
                     log.info("event=mesh.ready peers=%d", len(self._peers))
                     ready.set()
         finally:
-            tasks = list(self._tasks.values())
+            running = list(self._tasks.values())
             self._tasks.clear()
-            await _stop(tasks)
+            await _stop(running)
             self._running = False
 
     def statuses(self) -> list[PeerStatus]:
-        """A snapshot of every configured or running peer, sorted by name."""
-        names = sorted(self._desired.keys() | self._peers.keys())
-        return [
-            self._peers[name].status() if name in self._peers else PeerStatus(name=name, status="not started")
-            for name in names
-        ]
+        """A snapshot of every configured, running or unusably configured peer, sorted by name."""
+        names = self._desired.keys() | self._peers.keys() | self._problems.keys()
+        return [self._status(name) for name in sorted(names)]
+
+    def _status(self, name: str) -> PeerStatus:
+        problem = self._problems.get(name)
+        if name not in self._peers:
+            if problem is None:
+                return PeerStatus(name=name, status="not started")
+            return PeerStatus(name=name, status=f"not started: {problem}", last_error=problem)
+        status = self._peers[name].status()
+        if problem is None:
+            return status
+        return dataclasses.replace(status, status=f"{status.status}; configuration: {problem}")
 
     def peer_synced(self, name: str) -> bool:
         """True once the peer completed the initial list of every kind it exports (sticky across reconnects).
@@ -165,19 +180,11 @@ class Mesh:
                 raise RuntimeError(f"the task of peer {name} ended unexpectedly") from exc
 
 
-async def _stop(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel tasks and wait until all have ended, even if cancelled again meanwhile; re-raise that cancel."""
-    for task in tasks:
-        task.cancel()
-    cancelled = False
-    pending = set(tasks)
-    while pending:
-        try:
-            _, pending = await asyncio.wait(pending)
-        except asyncio.CancelledError:
-            cancelled = True
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("event=mesh.peer.crashed task=%s", task.get_name(), exc_info=task.exception())
-    if cancelled:
-        raise asyncio.CancelledError
+async def _stop(peer_tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the peers' tasks and wait until all have ended (clustermesh.aio.tasks.stop); log any that crashed."""
+    try:
+        await tasks.stop(peer_tasks)
+    finally:
+        for task in peer_tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("event=mesh.peer.crashed task=%s", task.get_name(), exc_info=task.exception())

@@ -18,15 +18,12 @@ Labels: `source_cluster` and `source_node_name` (this agent), plus `target_clust
     clustermesh_remote_cluster_last_event_age_seconds    since the last event or heartbeat (absent: none yet)
     clustermesh_global_services                          services the peers share
 
-The endpoint is a small asyncio HTTP/1.1 server (one request per connection) rather than prometheus_client's
-threaded one: the collector reads state owned by the event loop, which must not be read from another thread.
+The endpoint is served by clustermesh.http_server, in the event loop, rather than by prometheus_client's
+threaded server: the collector reads state owned by the event loop, which must not be read from another thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
@@ -34,13 +31,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from agent import config, peer_status
-
-log = logging.getLogger(__name__)
+from agent import peer_status
+from clustermesh import http_server
 
 METRICS_PATH = "/metrics"
-_REQUEST_TIMEOUT = 10.0
-_MAX_REQUEST_BYTES = 16 * 1024
 
 StatusesFn = Callable[[], list[peer_status.PeerStatus]]
 
@@ -113,82 +107,10 @@ def registry(collector: MeshCollector) -> CollectorRegistry:
     return result
 
 
-class MetricsServer:
-    """Serves a registry at /metrics over HTTP while `run()` runs."""
+def routes(metrics: CollectorRegistry) -> dict[str, http_server.Route]:
+    """The `/metrics` route over a registry, for clustermesh.http_server."""
 
-    def __init__(self, metrics: CollectorRegistry, listen: config.HostPort) -> None:
-        self._registry = metrics
-        self._listen = listen
-        self._connections: set[asyncio.Task[None]] = set()
-        self._running = False
-        self.address = listen
-        """Where the server listens (the bound port when asked for port 0, once `run()` set `ready`)."""
+    def scrape() -> http_server.Response:
+        return http_server.Response(200, generate_latest(metrics), CONTENT_TYPE_LATEST)
 
-    def __repr__(self) -> str:
-        return f"<MetricsServer {self.address} connections={len(self._connections)}>"
-
-    async def run(self, *, ready: asyncio.Event | None = None) -> None:
-        """Listen and serve until cancelled; sets `ready` once listening.
-
-        Raises RuntimeError if already running and OSError if the address cannot be bound. Cancellation
-        closes the socket and open connections and waits for their tasks.
-        """
-        if self._running:
-            raise RuntimeError(f"{self!r} is already running")
-        self._running = True
-        server: asyncio.Server | None = None
-        try:
-            server = await asyncio.start_server(self._serve, self._listen.host, self._listen.port)
-            self.address = config.HostPort(self._listen.host, server.sockets[0].getsockname()[1])
-            log.info("event=metrics.listening address=%s path=%s", self.address, METRICS_PATH)
-            if ready is not None:
-                ready.set()
-            await asyncio.Future()  # serve until cancelled
-        finally:
-            await asyncio.shield(self._close(server))
-            self._running = False
-
-    async def _close(self, server: asyncio.Server | None) -> None:
-        if server is not None:
-            server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-            status, content_type, body = self._respond(head)
-            method = head.split(b" ", 1)[0]
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            if method != b"HEAD":
-                writer.write(body)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, TimeoutError):
-            pass  # a client that goes away or sends garbage gets nothing
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    def _respond(self, head: bytes) -> tuple[str, str, bytes]:
-        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = request_line.split(" ")
-        if len(parts) != 3 or len(head) > _MAX_REQUEST_BYTES:
-            return "400 Bad Request", "text/plain", b"bad request\n"
-        method, target, _ = parts
-        if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", "text/plain", b"method not allowed\n"
-        if target.split("?", 1)[0] != METRICS_PATH:
-            return "404 Not Found", "text/plain", b"not found; metrics are at /metrics\n"
-        return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
+    return {METRICS_PATH: scrape}

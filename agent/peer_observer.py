@@ -12,15 +12,24 @@ stops the watch: peer data is untrusted, and one bad record must not cost the ot
 
 Cache names are the key minus the watch prefix: the node name, `<namespace>/<name>`, the identity number, the
 IP (or `ip/len`). Deletes need no decoding, which keeps them correct even for keys whose value was rejected.
+The name is handed to the codec, which then need not parse the key again (the prefix says whose record of
+which kind it is).
+
+Memory: an agent holds every record of every peer, so values that repeat across a peer's records are kept once
+(Shared): the identity numbers of ipcache entries, named-port lists, CIDR masks, and strings from small
+vocabularies (the cluster name, node address types and sources, label keys, namespaces). That halves an
+ipcache entry.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
+import sys
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+import msgspec
 
 from agent import cache as mesh_cache
 from clustermesh import codec, records
@@ -35,7 +44,10 @@ _KEY_LOG_MAX = 200
 _REASON_DETAIL = re.compile(r"'[^']*'|\"[^\"]*\"|[0-9]+")
 _OTHER_REASON = "other"
 
-Decoder = Callable[[str, bytes], mesh_cache.Record]
+Decoder = Callable[[str, bytes, str], mesh_cache.Record]
+"""Decodes (key, value, name under the watch prefix) into a validated record; DecodeError if invalid."""
+
+_T = TypeVar("_T")
 
 
 class InvalidRecords:
@@ -63,6 +75,30 @@ class InvalidRecords:
     def by_reason(self) -> tuple[tuple[str, int], ...]:
         """(reason, count) pairs, most frequent first."""
         return tuple(sorted(self._by_reason.items(), key=lambda item: (-item[1], item[0])))
+
+
+class Shared:
+    """One object per distinct value among the records of one peer: equal immutable values are kept once.
+
+    Bounded: past `limit` distinct values the table starts over (values already shared stay shared).
+    """
+
+    def __init__(self, *, limit: int = 65_536) -> None:
+        self.limit = limit
+        self._values: dict[object, object] = {}
+
+    def __repr__(self) -> str:
+        return f"<Shared values={len(self._values)} limit={self.limit}>"
+
+    def __call__(self, value: _T) -> _T:
+        """The kept object equal to value (value itself, the first time)."""
+        values = self._values
+        kept = values.get(value)
+        if kept is None:
+            if len(values) >= self.limit:
+                values.clear()
+            values[value] = kept = value
+        return kept  # type: ignore[return-value]
 
 
 class NodeClaims(Protocol):
@@ -94,6 +130,7 @@ class PeerObserver:
         clock: Callable[[], float],
         on_listed: Callable[[Kind], None],
         node_claims: NodeClaims | None = None,
+        shared: Shared | None = None,
     ) -> None:
         self.kind = kind
         self.cluster = cluster
@@ -103,6 +140,7 @@ class PeerObserver:
         self._clock = clock
         self._on_listed = on_listed
         self._claims = node_claims
+        self._shared = shared or Shared()
         self._prefix_len = 0
         self._decode: Decoder | None = None
         # Cache names to delete at the next list-done unless the list delivers them: set when the store
@@ -118,7 +156,7 @@ class PeerObserver:
     def bind(self, *, prefix: bytes, cluster_id: int, max_clusters: int) -> None:
         """Decode keys under prefix as records of a peer with this cluster ID and max-connected-clusters."""
         self._prefix_len = len(prefix)
-        self._decode = _decoder(self.kind, self.cluster, cluster_id, max_clusters)
+        self._decode = _decoder(self.kind, self.cluster, cluster_id, max_clusters, self._shared)
 
     def begin_full_resync(self) -> None:
         """Treat every cached entry of this kind as stale until the next list delivers it again.
@@ -134,9 +172,10 @@ class PeerObserver:
         try:
             text = key.decode()
             name = text[self._prefix_len :]
-            # Seen is enough to not be stale: an invalid value keeps the last good one, as on any update.
-            self._stale.discard(name)
-            record = self._decode(text, value)
+            if self._stale:
+                # Seen is enough to not be stale: an invalid value keeps the last good one, as on any update.
+                self._stale.discard(name)
+            record = self._decode(text, value, name)
         except DecodeError as exc:
             self._reject(exc.key, exc.reason)
             return
@@ -193,17 +232,63 @@ def _same_text(held: str, name: str) -> str:
     return held if held == name else name
 
 
-def _decoder(kind: Kind, cluster: str, cluster_id: int, max_clusters: int) -> Decoder:
+def _decoder(kind: Kind, cluster: str, cluster_id: int, max_clusters: int, shared: Shared) -> Decoder:
+    # Closures rather than functools.partial: a partial with keywords builds a dict on every call.
+    intern = sys.intern
+    replace = msgspec.structs.replace
     if kind is Kind.NODES:
-        return functools.partial(codec.decode_node, cluster=cluster, cluster_id=cluster_id)
+
+        def node(key: str, value: bytes, name: str) -> records.Node:
+            record = codec.decode_node(key, value, cluster=cluster, cluster_id=cluster_id, name=name)
+            return replace(
+                record,
+                cluster=cluster,
+                source=intern(record.source),
+                ip_addresses=record.ip_addresses and tuple(
+                    records.NodeAddress(intern(address.type), address.ip) for address in record.ip_addresses
+                ),
+                ipv4_alloc_cidr=_shared_cidr(record.ipv4_alloc_cidr, shared),
+                ipv6_alloc_cidr=_shared_cidr(record.ipv6_alloc_cidr, shared),
+                labels=_interned_keys(record.labels),
+                annotations=_interned_keys(record.annotations),
+            )
+
+        return node
     if kind is Kind.SERVICES:
-        return functools.partial(codec.decode_service, cluster=cluster, cluster_id=cluster_id)
+
+        def service(key: str, value: bytes, name: str) -> records.ClusterService:
+            record = codec.decode_service(key, value, cluster=cluster, cluster_id=cluster_id, name=name)
+            return replace(record, cluster=cluster, namespace=intern(record.namespace))
+
+        return service
     if kind is Kind.SERVICE_EXPORTS:
-        return functools.partial(codec.decode_service_export, cluster=cluster)
+
+        def service_export(key: str, value: bytes, name: str) -> records.ServiceExport:
+            return codec.decode_service_export(key, value, cluster=cluster, name=name)
+
+        return service_export
     if kind is Kind.IDENTITIES:
-        return functools.partial(
-            codec.decode_identity, cluster=cluster, cluster_id=cluster_id, max_clusters=max_clusters
+
+        def identity(key: str, value: bytes, name: str) -> records.Identity:
+            return codec.decode_identity(key, value, cluster=cluster, cluster_id=cluster_id, max_clusters=max_clusters)
+
+        return identity
+
+    def ip_identity(key: str, value: bytes, name: str) -> records.IPIdentityPair:
+        record = codec.decode_ip_identity(
+            key, value, cluster=cluster, cluster_id=cluster_id, max_clusters=max_clusters, name=name
         )
-    return functools.partial(
-        codec.decode_ip_identity, cluster=cluster, cluster_id=cluster_id, max_clusters=max_clusters
-    )
+        named_ports = record.named_ports
+        return replace(record, id=shared(record.id), named_ports=named_ports and shared(named_ports))
+
+    return ip_identity
+
+
+def _shared_cidr(cidr: records.CIDR | None, shared: Shared) -> records.CIDR | None:
+    if cidr is None or cidr.mask is None:
+        return cidr
+    return records.CIDR(cidr.ip, shared(cidr.mask))
+
+
+def _interned_keys(labels: dict[str, str] | None) -> dict[str, str] | None:
+    return labels and {sys.intern(key): value for key, value in labels.items()}

@@ -38,7 +38,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -190,7 +192,28 @@ def _pod_networks(node: records.Node) -> tuple[cluster_ids.Network, ...]:
         *(node.ipv4_secondary_alloc_cidrs or ()),
         *(node.ipv6_secondary_alloc_cidrs or ()),
     )
-    return tuple(cidr.network() for cidr in cidrs if cidr is not None)
+    return tuple(_network(cidr) for cidr in cidrs if cidr is not None)
+
+
+_NETWORK_TYPES: dict[int, tuple[socket.AddressFamily, type[cluster_ids.Network]]] = {
+    4: (socket.AF_INET, ipaddress.IPv4Network),
+    16: (socket.AF_INET6, ipaddress.IPv6Network),
+}
+
+
+def _network(cidr: records.CIDR) -> cluster_ids.Network:
+    # CIDR.network() parses the IP text with ipaddress (6 us, a third of a node's ingest); built from the packed
+    # address it takes 1.5 us. The codec checked the mask is contiguous (so its bit count is the prefix length)
+    # and of the IP's family; an IP inet_pton does not parse (a zone) takes the reference path.
+    mask = cidr.mask or b""
+    family, network_type = _NETWORK_TYPES.get(len(mask), (None, None))
+    if family is None or network_type is None:
+        return cidr.network()
+    try:
+        packed = socket.inet_pton(family, cidr.ip)
+    except (OSError, ValueError):
+        return cidr.network()
+    return network_type((int.from_bytes(packed), int.from_bytes(mask).bit_count()), strict=False)
 
 
 class RemoteCluster:

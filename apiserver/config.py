@@ -15,9 +15,9 @@ import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from apiserver import cluster_config, heartbeat, http_server
+from apiserver import cluster_config, heartbeat
 from apiserver import publisher as publisher_module
-from clustermesh import identity, kube
+from clustermesh import http_server, identity, kube
 from clustermesh.cli import etcd_options
 from clustermesh.errors import ConfigError
 from clustermesh.etcd import client as etcd_client

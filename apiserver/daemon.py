@@ -4,19 +4,28 @@ Root tasks: the publisher, the gRPC server, the health and the metrics HTTP serv
 address is set) and a stop watcher. SIGTERM and SIGINT only set the stop event; when any root task ends
 (the watcher on a signal, or another one by failing) every root task is cancelled and awaited, and only then
 is the etcd client closed. Leases are not revoked: a restart within their TTL rewrites nothing.
+
+Garbage collection during the initial sync: the sync allocates the process's long-lived state (every
+parsed source object and record, hundreds of thousands of containers) and next to no cyclic garbage
+(~500 objects at 50,000 pods). CPython's collector runs a full collection each time the objects that
+survived the young generations grow by a quarter, so it traverses the growing heap again and again:
+measured, a third of the sync's CPU. Until the publisher is ready, full collections are therefore
+off (young ones go on, collecting the short-lived cycles); then gc.freeze() moves everything the sync built
+out of the collector's sight for good, and the usual thresholds apply to what is allocated afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Coroutine
 from typing import Any
 
-from apiserver import config, grpc_server, health, http_server, metrics
+from apiserver import config, grpc_server, health, metrics
 from apiserver import publisher as publisher_module
-from clustermesh import errors, kube
+from clustermesh import errors, http_server, kube
 from clustermesh.aio import backoff
 from clustermesh.etcd import client as etcd_client
 
@@ -25,6 +34,8 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The third collector threshold counts young-generation collections between full ones: this many never come.
+_NO_FULL_COLLECTIONS = 2**31 - 1
 
 
 async def run(settings: config.Config) -> int:
@@ -74,7 +85,7 @@ async def _connect(etcd: etcd_client.EtcdConfig, stop: asyncio.Event) -> etcd_cl
 async def _serve(settings: config.Config, client: etcd_client.EtcdClient, stop: asyncio.Event) -> int:
     source = kube.parse_source_spec(settings.source, kinds=publisher_module.SOURCE_KINDS)
     publisher = publisher_module.Publisher(client, source, settings.publisher)
-    roots: dict[str, Coroutine[Any, Any, object]] = {"publisher": publisher.run(), "stop": stop.wait()}
+    roots: dict[str, Coroutine[Any, Any, object]] = {"publisher": _publish(publisher), "stop": stop.wait()}
     if settings.grpc_listen:
         address = settings.grpc_listen
         # gRPC wants a host; ":PORT" means every interface, as for the HTTP servers.
@@ -104,3 +115,22 @@ async def _serve(settings: config.Config, client: etcd_client.EtcdClient, stop: 
         log.error("event=apiserver.failed task=%s reason=%s", tasks[task], reason, exc_info=exc)
     log.info("event=apiserver.stopped reason=%s", "failure" if failed else "signal")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _publish(publisher: publisher_module.Publisher) -> None:
+    """publisher.run(), without full garbage collections until it is ready (see the module docstring)."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], thresholds[1], _NO_FULL_COLLECTIONS)
+    resume = asyncio.create_task(_resume_collections(publisher, thresholds), name="gc resume after sync")
+    try:
+        await publisher.run()
+    finally:
+        resume.cancel()
+        await asyncio.gather(resume, return_exceptions=True)
+        gc.set_threshold(*thresholds)
+
+
+async def _resume_collections(publisher: publisher_module.Publisher, thresholds: tuple[int, int, int]) -> None:
+    await publisher.ready.wait()
+    gc.freeze()
+    gc.set_threshold(*thresholds)

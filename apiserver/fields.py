@@ -20,6 +20,14 @@ _MAX_PORT = 0xFFFF
 
 def mapping(obj: Mapping[str, Any], path: str) -> dict[str, Any]:
     """The mapping at a dotted path; {} when any part is absent or null."""
+    if "." not in path:
+        # One member (metadata, spec, status: several per object): skip the walk.
+        value = obj.get(path)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise DecodeError(path, f"expected a mapping, got {type(value).__name__}")
+        return value
     current: Any = obj
     walked: list[str] = []
     for part in path.split("."):

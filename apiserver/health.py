@@ -7,8 +7,8 @@ the event loop answers, for a livenessProbe.
 
 from __future__ import annotations
 
-from apiserver import http_server
 from apiserver import publisher as publisher_module
+from clustermesh import http_server
 
 
 def routes(publisher: publisher_module.Publisher) -> dict[str, http_server.Route]:

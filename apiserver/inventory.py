@@ -61,15 +61,15 @@ class Inventory:
         self.exported_services: dict[Ref, service_exports.ExportedService] = {}
         self.slices: dict[Ref, services.Slice] = {}
         self.exports: dict[Ref, service_exports.Export] = {}
-        self.invalid: dict[kube.Kind, int] = dict.fromkeys(kube.Kind, 0)
-        self.events: dict[kube.Kind, int] = dict.fromkeys(kube.Kind, 0)
+        self.invalid: dict[kube.AnyKind, int] = dict.fromkeys(kube.Kind, 0)
+        self.events: dict[kube.AnyKind, int] = dict.fromkeys(kube.Kind, 0)
         self._global: dict[str, bool] = {}
         self._pods_by_node: dict[str, set[Ref]] = {}
         self._pods_by_namespace: dict[str, set[Ref]] = {}
         self._services_by_namespace: dict[str, set[Ref]] = {}
         self._slices_by_service: dict[Ref, set[Ref]] = {}
         self._dirty = Dirty()
-        self._handlers: dict[kube.Kind, Callable[[kube.ObjectKey, dict[str, Any] | None], None]] = {
+        self._handlers: dict[kube.AnyKind, Callable[[kube.ObjectKey, dict[str, Any] | None], None]] = {
             kube.Kind.NODE: self._node,
             kube.Kind.NAMESPACE: self._namespace,
             kube.Kind.POD: self._pod,

@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from apiserver import http_server
 from apiserver import publisher as publisher_module
+from clustermesh import http_server
 
 PREFIX = "clustermesh_apiserver_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -8,12 +8,19 @@ apiserver`) publishes it into an empty etcd with mutual TLS. Reported:
   writes and canaries), the part of it after the source's initial sync (conversion and writes, from the
   log), and the wall time from process start to `/readyz`; keys/s over each as a ratio to the bare
   batched-transaction put rate of bench/etcd_baseline.py, measured first in the same run on the same etcd
-  with as many keys;
+  with as many keys; and the apiserver's CPU time up to `/readyz` (less sensitive than wall time to other
+  load on the machine);
 - steady state: one pod changes its IP (a recreated pod), N times: latency from the manifest change to the
   new ipcache key in etcd (p50/p99, including the file watcher's debounce), etcd revisions per change, and
   apiserver CPU per change.
 
-    python bench/publish.py [--quick] [--json FILE]
+With `--profile FILE` the apiserver runs under py-spy (`pip install py-spy`; not a project dependency), which
+samples it from start to stop (the thread holding the GIL: the Python work, not gRPC's C threads) and writes
+FILE: a speedscope profile (open it at https://www.speedscope.app), or with a `.txt` name py-spy's raw
+collapsed stacks (grep-able, or input to flamegraph.pl). The sampler costs the apiserver some speed, so the
+figures of a profiled run are not comparable with an unprofiled one.
+
+    python bench/publish.py [--quick] [--json FILE] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,8 +201,23 @@ async def _change_latencies(
     return latencies, revisions / sizes["changes"], cpu * 1000 / sizes["changes"]
 
 
-async def run(quick: bool) -> dict[str, Any]:
-    """Run the benchmark; return the figures."""
+def _profiler(output: pathlib.Path) -> list[str]:
+    """The py-spy command line that runs a command (appended after it) and samples it into output."""
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(pathlib.Path(sys.executable).parent))
+    if found is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    kind = "raw" if output.suffix == ".txt" else "speedscope"
+    return [found, "record", "--gil", "--rate", "200", "--format", kind, "--output", str(output.resolve()), "--"]
+
+
+def _only_child(pid: int) -> int:
+    """The pid of the one child process of pid (the apiserver under py-spy, once it listens)."""
+    return int(pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+
+
+async def run(quick: bool, profile: pathlib.Path | None = None) -> dict[str, Any]:
+    """Run the benchmark (the apiserver under py-spy if profile is set); return the figures."""
     sizes = QUICK if quick else FULL
     async with harness.etcd_with_tls("publish") as (process, cluster_certs):
         client = await harness.admin_client(process, cluster_certs)
@@ -216,26 +239,36 @@ async def run(quick: bool) -> dict[str, Any]:
                     "--source", f"manifests:{manifests}", "--grpc-listen", "127.0.0.1:0",
                     "--health-listen", "127.0.0.1:0", "--metrics-listen", "", "--heartbeat-interval", "3600",
                 ]
+                command = [sys.executable, "-m", "apiserver", *args]
+                if profile is not None:
+                    command = [*_profiler(profile), *command]
                 with log.open("wb") as output:
                     started = time.perf_counter()
                     apiserver = await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "apiserver", *args, stdin=subprocess.DEVNULL, stdout=output,
+                        *command, stdin=subprocess.DEVNULL, stdout=output,
                         stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                     )
+                pid = apiserver.pid
                 try:
                     ports = await _ports(log, apiserver)
+                    if profile is not None:
+                        # The apiserver is py-spy's child: measure and stop that one (py-spy then writes its
+                        # profile and exits).
+                        pid = _only_child(apiserver.pid)
                     async with asyncio.timeout(_TIMEOUT):
                         # Readiness is announced only over HTTP: poll it.
                         while (await _http_get(ports["health"], "/readyz"))[0] != 200:  # noqa: ASYNC110
                             await asyncio.sleep(0.05)
                     wall = time.perf_counter() - started
+                    cpu_to_ready = _cpu_seconds(pid)
                     async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']}") as channel:
                         status = await pb_grpc.ApiserverStub(channel).GetSyncStatus(pb.GetSyncStatusRequest())
                     published = sum(kind.keys for kind in status.kinds)
                     write_phase = _write_phase_seconds(await asyncio.to_thread(log.read_text))
-                    latencies, revisions, cpu_ms = await _change_latencies(client, manifests, sizes, apiserver.pid)
+                    latencies, revisions, cpu_ms = await _change_latencies(client, manifests, sizes, pid)
                 finally:
-                    apiserver.send_signal(signal.SIGTERM)
+                    if apiserver.returncode is None:
+                        os.kill(pid, signal.SIGTERM)
                     await apiserver.wait()
         finally:
             await client.close()
@@ -247,6 +280,7 @@ async def run(quick: bool) -> dict[str, Any]:
         "bootstrap_s": status.bootstrap_seconds,
         "wall_to_ready_s": wall,
         "write_phase_s": write_phase,
+        "cpu_to_ready_s": cpu_to_ready,
         "publish_keys_per_s": keys_per_s,
         "write_phase_keys_per_s": published / write_phase,
         "baseline_batched_puts_per_s": baseline,
@@ -271,6 +305,7 @@ def report(result: dict[str, Any]) -> None:
             ("bootstrap (apiserver)", result["bootstrap_s"], "s"),
             ("process start to /readyz", result["wall_to_ready_s"], "s"),
             ("  of which convert + write", result["write_phase_s"], "s (source synced to ready)"),
+            ("apiserver CPU to /readyz", result["cpu_to_ready_s"], "s (imports included)"),
             ("publish rate", result["publish_keys_per_s"], "keys/s"),
             ("bare batched puts (same etcd)", result["baseline_batched_puts_per_s"], "puts/s"),
             ("ratio publish / bare", result["ratio_to_baseline"], "x"),
@@ -287,8 +322,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10,000 pods instead of 50,000")
     parser.add_argument("--json", type=pathlib.Path, help="write the figures here")
+    parser.add_argument("--profile", type=pathlib.Path, metavar="FILE",
+                        help="sample the apiserver with py-spy into FILE (speedscope JSON; raw stacks if *.txt)")
     args = parser.parse_args()
-    result = asyncio.run(run(args.quick))
+    result = asyncio.run(run(args.quick, args.profile))
     report(result)
     harness.write_json(args.json, {"benchmark": "publish", **result})
     return 0

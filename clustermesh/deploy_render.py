@@ -6,12 +6,22 @@ and least-privilege RBAC; the apiserver Deployment — the official etcd image a
 users, roles, auth; idempotent) and the `clustermesh-apiserver` container reading the Kubernetes API; the
 Service peers reach etcd through; the agent DaemonSet with its DNS Service; and the Secrets: etcd's server
 pair, the apiserver's admin pair, and `clustermesh-cluster`, the cluster's self-description that `clustermesh
-connect` reads (connect.cluster_secret). These Python objects are the one source of the manifests: `clustermesh
+connect` reads (connect.cluster_secret).
+
+The agents learn their peers in one of two ways (PeerSource). By default from the ClusterMesh resource and the
+peer Secrets it references, read live from the API: the peer Secrets then live in a namespace of their own
+(`<namespace>-peers`), where the agents may list and watch Secrets and nothing else lives. A Role cannot name
+Secrets that `connect` adds later (`resourceNames` are fixed when the Role is written, and an empty list means
+every name), and the agents' own namespace holds the apiserver's admin and server keys, so the namespace is the
+boundary; the agents still request each Secret by name only. The alternative mounts the Secret
+`clustermesh-peers` as a mesh-config directory (Cilium's way): no Secret access at all, but the Secret is
+rendered by hand after every change (`clustermesh deploy mesh-config`) and reaches the pods with the kubelet's
+delay. These Python objects are the one source of the manifests: `clustermesh
 deploy render` writes them, and deploy/kubernetes/ holds them rendered for the example cluster `cluster-a`
 without Secrets (tests/deploy keeps both equal). The CRD itself is clustermesh/schemas/clustermesh-crd.json.
 
-mesh_config_secret() closes the loop after `connect`: from the ClusterMesh resource and the peer Secrets it
-references, the Secret the agents mount as their mesh-config directory (Cilium's format).
+mesh_config_secret() closes the loop after `connect` for the mesh-config alternative: from the ClusterMesh
+resource and the peer Secrets it references, the Secret the agents mount as their mesh-config directory.
 
 Trust material lives in a state directory (clustermesh.certs layout, plus trust's `cluster.secret`): re-rendering
 keeps it, so applying a new render changes no certificate unless asked to (`rotate` re-issues the leaves from
@@ -51,6 +61,8 @@ SERVER_CERT_SECRET = "clustermesh-apiserver-server-cert"
 ADMIN_CERT_SECRET = "clustermesh-apiserver-admin-cert"
 PEERS_SECRET = "clustermesh-peers"
 """The agents' mesh-config directory: one key per peer in Cilium's format (reference §4.1), as a Secret."""
+PEER_NAMESPACE_SUFFIX = "-peers"
+"""The peer Secrets' namespace is the deployment's namespace plus this, unless given."""
 ETCD_CLIENT_PORT = 2379
 
 
@@ -69,6 +81,7 @@ _APISERVER_HEALTH_PORT = 9880
 _APISERVER_METRICS_PORT = 9962
 _ETCD_METRICS_PORT = 9963
 _AGENT_METRICS_PORT = 9965
+_AGENT_HEALTH_PORT = 9879
 _AGENT_DNS_PORT = 5353
 # The uid/gid the Dockerfile creates; the etcd image runs as it too so both can share the volumes.
 _RUN_AS = 65532
@@ -80,6 +93,8 @@ _ETCD_SERVER_TLS = "/etc/clustermesh/etcd-server"
 _ETCD_ADMIN_TLS = "/etc/clustermesh/etcd-admin"
 AGENT_MESH_CONFIG = pathlib.Path("/var/lib/clustermesh/mesh-config")
 """Where the agent DaemonSet mounts the mesh-config Secret (its `--mesh-config` directory)."""
+AGENT_PEER_TLS = pathlib.Path("/var/lib/clustermesh/peer-tls")
+"""The agents' `--peer-tls-dir`: a memory-backed volume, so the peers' keys never reach the node's disk."""
 _AGENT_RUN = "/var/run/clustermesh"
 _KUBE_API_ACCESS = "/var/run/secrets/kubernetes.io/serviceaccount"
 _LOCAL_ETCD = f"https://127.0.0.1:{ETCD_CLIENT_PORT}"
@@ -99,6 +114,13 @@ class ServiceType(enum.StrEnum):
     CLUSTER_IP = "ClusterIP"
     LOAD_BALANCER = "LoadBalancer"
     NODE_PORT = "NodePort"
+
+
+class PeerSource(enum.StrEnum):
+    """Where the agents read their peers from (see the module docstring); the value names the agent's flag."""
+
+    CLUSTER_MESH_RESOURCE = "clustermesh-resource"
+    MESH_CONFIG = "mesh-config"
 
 
 class EtcdStorage(enum.StrEnum):
@@ -128,12 +150,26 @@ class Options:
     sans: tuple[str, ...] = ()
     """More names or IPs for the server certificate (a second load balancer name, a DNS alias)."""
     pod_cidrs: tuple[str, ...] = ()
+    peer_source: PeerSource = PeerSource.CLUSTER_MESH_RESOURCE
+    peer_namespace: str | None = None
+    """Where the peer Secrets live, with PeerSource.CLUSTER_MESH_RESOURCE (default `<namespace>-peers`)."""
 
     def __post_init__(self) -> None:
         identity.validate_max_connected_clusters(self.max_connected_clusters)
         identity.validate_cluster(self.cluster_name, self.cluster_id, self.max_connected_clusters)
         if len(self.namespace) > 63 or not _matches(_DNS_LABEL_PATTERN, self.namespace):
             raise errors.ConfigError(f"--namespace: {self.namespace!r} is not a DNS label")
+        if self.peer_source is PeerSource.CLUSTER_MESH_RESOURCE:
+            peers = self.peer_secrets_namespace
+            if len(peers) > 63 or not _matches(_DNS_LABEL_PATTERN, peers):
+                raise errors.ConfigError(f"--peer-namespace: {peers!r} is not a DNS label")
+            if peers == self.namespace:
+                raise errors.ConfigError(
+                    f"--peer-namespace: must differ from --namespace: the agents may read every Secret in {peers}, "
+                    "and the apiserver's keys are in --namespace"
+                )
+        elif self.peer_namespace is not None:
+            raise errors.ConfigError("--peer-namespace applies only with --peer-source clustermesh-resource")
         for flag, image in (("--image", self.image), ("--etcd-image", self.etcd_image)):
             if not image or any(ch.isspace() for ch in image):
                 raise errors.ConfigError(f"{flag}: {image!r} is not an image reference")
@@ -149,6 +185,11 @@ class Options:
         if not _matches(_QUANTITY_PATTERN, self.etcd_storage_size):
             raise errors.ConfigError(f"--etcd-storage-size: {self.etcd_storage_size!r} is not a size such as 1Gi")
 
+
+    @property
+    def peer_secrets_namespace(self) -> str:
+        """The namespace of the peer Secrets (`clustermesh connect --peer-namespace`)."""
+        return self.peer_namespace or f"{self.namespace}{PEER_NAMESPACE_SUFFIX}"
 
     @property
     def peer_endpoints(self) -> tuple[str, ...]:
@@ -307,8 +348,11 @@ def render(options: Options, material: Material | None) -> dict[str, list[Manife
     Without material the Secrets are left out (the checked-in base manifests, or Secrets managed elsewhere
     under the same names and keys).
     """
+    namespaces = [options.namespace]
+    if options.peer_source is PeerSource.CLUSTER_MESH_RESOURCE:
+        namespaces.append(options.peer_secrets_namespace)
     files = {
-        NAMESPACE_FILE: [_namespace(options)],
+        NAMESPACE_FILE: [_namespace(name) for name in namespaces],
         CRD_FILE: [crd()],
         RBAC_FILE: rbac(options),
     }
@@ -332,8 +376,8 @@ def _metadata(name: str, options: Options | None, component: str) -> dict[str, A
     return metadata
 
 
-def _namespace(options: Options) -> Manifest:
-    metadata = _metadata(options.namespace, None, "namespace")
+def _namespace(name: str) -> Manifest:
+    metadata = _metadata(name, None, "namespace")
     # Every pod here runs unprivileged, as non-root, with a read-only root file system: enforce it.
     metadata["labels"]["pod-security.kubernetes.io/enforce"] = "restricted"
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
@@ -360,12 +404,23 @@ AGENT_RULES: tuple[Manifest, ...] = (
     {"apiGroups": [""], "resources": ["namespaces", "services"], "verbs": _LIST_WATCH},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": _LIST_WATCH},
 )
+AGENT_CLUSTER_MESH_RULES: tuple[Manifest, ...] = (
+    {"apiGroups": [connect.CLUSTER_MESH_GROUP], "resources": [connect.CLUSTER_MESH_PLURAL], "verbs": _LIST_WATCH},
+)
+"""With PeerSource.CLUSTER_MESH_RESOURCE, cluster-wide (the resource is cluster-scoped; it holds no secrets)."""
+AGENT_PEER_SECRET_RULES: tuple[Manifest, ...] = (
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": _LIST_WATCH},
+)
+"""With PeerSource.CLUSTER_MESH_RESOURCE, in the peer Secrets' namespace only (see the module docstring)."""
 
 
 def rbac(options: Options) -> list[Manifest]:
     """ServiceAccounts and the least-privilege roles of both daemons: read-only, only what each one watches."""
     documents: list[Manifest] = []
-    for name, component, rules in ((APISERVER, "apiserver", APISERVER_RULES), (AGENT, "agent", AGENT_RULES)):
+    agent_rules = AGENT_RULES
+    if options.peer_source is PeerSource.CLUSTER_MESH_RESOURCE:
+        agent_rules += AGENT_CLUSTER_MESH_RULES
+    for name, component, rules in ((APISERVER, "apiserver", APISERVER_RULES), (AGENT, "agent", agent_rules)):
         documents.append({"apiVersion": "v1", "kind": "ServiceAccount",
                           "metadata": _metadata(name, options, component)})
         # Cluster-wide names: renders into two namespaces of one cluster must not collide.
@@ -379,6 +434,17 @@ def rbac(options: Options) -> list[Manifest]:
             "metadata": _metadata(role_name, None, component),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": options.namespace}],
+        })
+    if options.peer_source is PeerSource.CLUSTER_MESH_RESOURCE:
+        metadata = {"name": AGENT, "namespace": options.peer_secrets_namespace, "labels": _labels(AGENT, "agent")}
+        documents.append({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(metadata),
+            "rules": [dict(rule) for rule in AGENT_PEER_SECRET_RULES],
+        })
+        documents.append({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(metadata),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": AGENT},
+            "subjects": [{"kind": "ServiceAccount", "name": AGENT, "namespace": options.namespace}],
         })
     return documents
 
@@ -604,26 +670,33 @@ def _apiserver(options: Options) -> list[Manifest]:
 
 
 def _agent(options: Options) -> list[Manifest]:
+    volumes: list[dict[str, Any]] = [{"name": "run", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "run", "mountPath": _AGENT_RUN}]
+    if options.peer_source is PeerSource.CLUSTER_MESH_RESOURCE:
+        peer_args = [
+            "--clustermesh-resource=kubernetes",
+            f"--clustermesh-namespace={options.peer_secrets_namespace}",
+            f"--peer-tls-dir={AGENT_PEER_TLS}",
+        ]
+        volumes.append({"name": "peer-tls", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}})
+        mounts.append({"name": "peer-tls", "mountPath": str(AGENT_PEER_TLS)})
+    else:
+        peer_args = [f"--mesh-config={AGENT_MESH_CONFIG}"]
+        # Optional: the agents start, and serve local services, before the first peer is connected.
+        volumes.append(_secret_volume("mesh-config", PEERS_SECRET, optional=True))
+        mounts.append({"name": "mesh-config", "mountPath": str(AGENT_MESH_CONFIG), "readOnly": True})
     args = [
         f"--cluster-name={options.cluster_name}",
         f"--cluster-id={options.cluster_id}",
         f"--max-connected-clusters={options.max_connected_clusters}",
         "--node-name=$(NODE_NAME)",
-        f"--mesh-config={AGENT_MESH_CONFIG}",
+        *peer_args,
         "--local-source=kubernetes",
         f"--listen=unix:{_AGENT_RUN}/agent.sock",
         f"--dns-listen=0.0.0.0:{_AGENT_DNS_PORT}",
         f"--metrics-listen=0.0.0.0:{_AGENT_METRICS_PORT}",
+        f"--health-listen=0.0.0.0:{_AGENT_HEALTH_PORT}",
         *(f"--pod-cidr={cidr}" for cidr in options.pod_cidrs),
-    ]
-    volumes = [
-        {"name": "run", "emptyDir": {}},
-        # Optional: the agents start, and serve local services, before the first peer is connected.
-        _secret_volume("mesh-config", PEERS_SECRET, optional=True),
-    ]
-    mounts = [
-        {"name": "run", "mountPath": _AGENT_RUN},
-        {"name": "mesh-config", "mountPath": str(AGENT_MESH_CONFIG), "readOnly": True},
     ]
     container = {
         "name": "agent",
@@ -635,9 +708,12 @@ def _agent(options: Options) -> list[Manifest]:
             {"name": "dns-udp", "containerPort": _AGENT_DNS_PORT, "protocol": "UDP"},
             {"name": "dns-tcp", "containerPort": _AGENT_DNS_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": _AGENT_METRICS_PORT, "protocol": "TCP"},
+            {"name": "health", "containerPort": _AGENT_HEALTH_PORT, "protocol": "TCP"},
         ],
-        "readinessProbe": _agent_probe(period=10),
-        "livenessProbe": _agent_probe(period=20),
+        # /readyz does not follow the peers' health (agent/health.py): a peer that is down must not take this
+        # node's DNS endpoint away while the agent answers from last-known state and the other peers.
+        "readinessProbe": _http_probe("/readyz", "health", period=10, failures=3),
+        "livenessProbe": _http_probe("/healthz", "health", period=20, failures=3),
         "resources": _resources("50m", "128Mi"),
         "securityContext": _RESTRICTED,
         "volumeMounts": mounts,
@@ -677,13 +753,6 @@ def _agent(options: Options) -> list[Manifest]:
         },
     }
     return [daemon_set, dns_service]
-
-
-def _agent_probe(*, period: int) -> dict[str, Any]:
-    # The agent has no HTTP health endpoint (its gRPC health service listens on the unix socket, which kubelet
-    # cannot probe); /metrics answers while its event loop does. Readiness must not follow peers' health:
-    # an unready agent would take its node's DNS endpoint away.
-    return _http_probe("/metrics", "metrics", period=period, failures=3)
 
 
 # --- the agents' peers --------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 A and B are each a local cluster directory made by `clustermesh up` (DIR/<cluster>, described by DIR/mesh.json)
 or a Kubernetes cluster: `kubernetes` (the default kubeconfig), `kubernetes:KUBECONFIG`, or the path of a
 kubeconfig file. For a local cluster the peer files go into each of its agents' mesh-config directories, where
-running agents pick them up live. For a Kubernetes cluster the peer Secret and the ClusterMesh resource are
+running agents pick them up live. For a Kubernetes cluster the peer Secret (in `--peer-namespace`, by default
+`--namespace`, where the cluster's own Secret `clustermesh-cluster` is read) and the ClusterMesh resource are
 printed as YAML for `kubectl apply -f -` (or written to `--out DIR/<cluster>.yaml`), or applied with `--apply`.
 
 Exit codes: 0 done; 1 a Kubernetes API or file failure; 2 invalid arguments, or the clusters cannot be peers
@@ -36,7 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="DIR/<cluster> of a local mesh, or kubernetes[:KUBECONFIG] (or a kubeconfig path)")
     parser.add_argument("--to", dest="destination", required=True, metavar="CLUSTER", help="the other cluster, ditto")
     parser.add_argument("--namespace", default=connect.DEFAULT_NAMESPACE,
-                        help=f"namespace of the mesh Secrets on Kubernetes (default {connect.DEFAULT_NAMESPACE})")
+                        help="namespace of each Kubernetes cluster's own Secret clustermesh-cluster (default "
+                             f"{connect.DEFAULT_NAMESPACE})")
+    parser.add_argument("--peer-namespace", metavar="NS",
+                        help="namespace the peer Secrets are written to and the ClusterMesh resource points at: "
+                             "where the agents read them (`deploy render` makes <namespace>-peers; default "
+                             "--namespace)")
     parser.add_argument("--apply", action="store_true", help="apply to Kubernetes clusters instead of printing YAML")
     parser.add_argument("--out", type=pathlib.Path, metavar="DIR",
                         help="write each Kubernetes cluster's YAML to DIR/<cluster>.yaml instead of stdout")
@@ -94,9 +100,12 @@ async def load_side(spec: str, *, namespace: str) -> Side:
 
 
 async def exchange(
-    a: Side, b: Side, *, namespace: str, apply: bool, out: pathlib.Path | None
+    a: Side, b: Side, *, peer_namespace: str, apply: bool, out: pathlib.Path | None
 ) -> list[dict[str, Any]]:
-    """Check the pair, then tell each side about the other; return one action record per side."""
+    """Check the pair, then tell each side about the other; return one action record per side.
+
+    A Kubernetes side gets the peer Secret in peer_namespace, where its ClusterMesh resource points.
+    """
     connect.check_pair(a.trust, b.trust)
     actions = []
     for destination, peer in ((a, b), (b, a)):
@@ -107,7 +116,7 @@ async def exchange(
                 "directories": [str(directory) for directory in destination.mesh_configs], "changed": any(changed),
             })
             continue
-        documents = await connect.kubernetes_documents(destination.kubeconfig, peer.trust, namespace=namespace)
+        documents = await connect.kubernetes_documents(destination.kubeconfig, peer.trust, namespace=peer_namespace)
         action: dict[str, Any] = {"cluster": destination.trust.name, "peer": peer.trust.name, "kind": "kubernetes"}
         if apply:
             action["applied"] = await connect.apply_kubernetes(destination.kubeconfig, documents)
@@ -134,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     a = await load_side(args.source, namespace=args.namespace)
     b = await load_side(args.destination, namespace=args.namespace)
-    actions = await exchange(a, b, namespace=args.namespace, apply=args.apply, out=args.out)
+    peer_namespace = args.peer_namespace or args.namespace
+    actions = await exchange(a, b, peer_namespace=peer_namespace, apply=args.apply, out=args.out)
     if args.output == "json":
         output.print_json({"from": a.trust.name, "to": b.trust.name, "actions": actions})
         return 0

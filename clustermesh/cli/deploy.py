@@ -3,8 +3,9 @@
 Parses and validates the options, then calls clustermesh.deploy_render: certificates are created or kept in the
 state directory, and the manifests go to `-o DIR` (one file per part, Secrets with mode 0600) or to stdout as
 one multi-document YAML stream, ready for `kubectl apply -f`. What was written or kept is reported on stderr,
-so stdout stays applyable. `mesh-config` turns the ClusterMesh resource and the peer Secrets `clustermesh
-connect` wrote into the Secret the agents mount as their mesh-config directory. Exit codes (cli.main): 0 rendered,
+so stdout stays applyable. The agents read their peers from the ClusterMesh resource by default; with
+`--peer-source mesh-config` they mount a Secret instead, which `mesh-config` renders from the ClusterMesh
+resource and the peer Secrets `clustermesh connect` wrote. Exit codes (cli.main): 0 rendered,
 1 unusable certificates in the state directory, 2 invalid options or input.
 """
 
@@ -63,6 +64,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help=f"claim size with --etcd-storage pvc (default {deploy_render.DEFAULT_STORAGE_SIZE})")
     render.add_argument("--pod-cidr", action="append", default=[], metavar="CIDR",
                         help="this cluster's pod CIDR (repeatable): agents refuse peers that overlap it")
+    render.add_argument("--peer-source", type=deploy_render.PeerSource, choices=list(deploy_render.PeerSource),
+                        default=deploy_render.PeerSource.CLUSTER_MESH_RESOURCE,
+                        help="where agents read their peers: the ClusterMesh resource and its peer Secrets "
+                             "(default; the agents may list and watch Secrets in --peer-namespace only), or a "
+                             f"mounted mesh-config Secret {deploy_render.PEERS_SECRET} (`deploy mesh-config`; no "
+                             "Secret access)")
+    render.add_argument("--peer-namespace", metavar="NS",
+                        help="namespace of the peer Secrets, for `clustermesh connect --peer-namespace` (default "
+                             f"<namespace>{deploy_render.PEER_NAMESPACE_SUFFIX}); must not be --namespace")
     render.add_argument("--state-dir", type=pathlib.Path, metavar="DIR",
                         help=f"where the CA, certificates and cluster secret are kept (default "
                              f"{deploy_render.DEFAULT_STATE_ROOT}/<cluster-name>)")
@@ -79,7 +89,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     mesh_config = actions.add_parser(
         "mesh-config",
-        help="render the agents' mesh-config Secret from the ClusterMesh resource and its peer Secrets",
+        help="render the agents' mesh-config Secret (with --peer-source mesh-config) from the ClusterMesh "
+             "resource and its peer Secrets",
         description="Read the cluster's ClusterMesh resource and the peer Secrets it references (as `kubectl get "
                     "-o yaml` prints them) and print the Secret the agents mount as their mesh-config directory "
                     "(Cilium's format), ready for `kubectl apply -f -`.",
@@ -123,6 +134,8 @@ def run_render(args: argparse.Namespace) -> int:
         endpoints=tuple(args.endpoint),
         sans=tuple(args.san),
         pod_cidrs=tuple(args.pod_cidr),
+        peer_source=args.peer_source,
+        peer_namespace=args.peer_namespace,
     )
     material = None
     if not args.no_secrets:

@@ -51,6 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="seconds a peer etcd may take to answer a probe before it counts as down")
     agents.add_argument("--cache-ttl", type=float, metavar="S",
                         help="revoke a disconnected peer's services after this long (0: keep them)")
+    apiservers = parser.add_argument_group("apiserver options (recorded in mesh.json; default: the apiserver's)")
+    apiservers.add_argument("--heartbeat-interval", type=float, metavar="S",
+                            help="seconds between the apiservers' heartbeat writes")
     output.add_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         sync_timeout=args.sync_timeout,
         agent_options=mesh.AgentOptions(keepalive_interval=args.keepalive_interval,
                                         keepalive_timeout=args.keepalive_timeout, cache_ttl=args.cache_ttl),
+        apiserver_options=mesh.ApiserverOptions(heartbeat_interval=args.heartbeat_interval),
     )
     return asyncio.run(_up(config, args.output))
 

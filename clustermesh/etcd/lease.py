@@ -66,6 +66,12 @@ class LeasePool:
         lease = self._lease_of.get(key)
         if lease is not None:
             return lease
+        # The common case needs no lock: the current lease has room. Only granting must be serialised.
+        current = self._current
+        if current and len(self._keys[current]) < self.max_keys_per_lease:
+            self._keys[current].add(key)
+            self._lease_of[key] = current
+            return current
         async with self._grant_lock:
             if not self._current or len(self._keys[self._current]) >= self.max_keys_per_lease:
                 self._current = await self.client.lease_grant(self.ttl)

@@ -20,7 +20,7 @@ class Emitter:
 
     def __init__(self, sink: event.EventSink) -> None:
         self._sink = sink
-        self._delivered: dict[objects.Kind, dict[objects.ObjectKey, dict[str, Any]]] = {}
+        self._delivered: dict[objects.AnyKind, dict[objects.ObjectKey, dict[str, Any]]] = {}
         self._synced = False
 
     def __repr__(self) -> str:
@@ -47,7 +47,7 @@ class Emitter:
             return
         await self._sink(event.Event(event.EventType.DELETE, key, obj if obj is not None else last))
 
-    async def replace(self, kind: objects.Kind, current: Mapping[objects.ObjectKey, dict[str, Any]]) -> None:
+    async def replace(self, kind: objects.AnyKind, current: Mapping[objects.ObjectKey, dict[str, Any]]) -> None:
         """Make `kind` downstream equal `current`: upsert what changed, then delete what is gone."""
         for key, obj in current.items():
             await self.upsert(key, obj)

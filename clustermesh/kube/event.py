@@ -31,7 +31,7 @@ class Event:
     obj: dict[str, Any]
 
     @property
-    def kind(self) -> objects.Kind:
+    def kind(self) -> objects.AnyKind:
         """The object's kind (same as `key.kind`)."""
         return self.key.kind
 

@@ -6,9 +6,14 @@ the resourceVersion of every event and BOOKMARK so a broken or timed-out watch r
 Gone (HTTP status, or an ERROR event with code 410) means that resourceVersion is compacted: the reflector
 lists again and the emitter delivers only the difference (mark-and-sweep), so objects deleted during the gap
 get their DELETE and unchanged ones produce nothing. Any other failure is logged and retried after a jittered
-exponential backoff (clustermesh.aio.backoff); nothing is ever given up on. ServiceExport is served by a CRD
-that may be absent: a 404 means "no ServiceExports" (delivered as an empty, listed kind) and the reflector
+exponential backoff (clustermesh.aio.backoff); nothing is ever given up on. ServiceExport and ClusterMesh are
+served by CRDs that may be absent: a 404 means "none" (delivered as an empty, listed kind) and the reflector
 checks again every `absent_recheck` seconds.
+
+A source reads every namespace by default. Given a `namespace`, it reads that one only, and given a `name` too,
+only the object of that name, with a `metadata.name` field selector on both the list and the watch: RBAC
+authorizes such requests by `resourceNames`, so a Role can limit a reader to the objects it is pointed at.
+Secrets can only be read that way, one namespace at a time: no source ever lists every Secret of a cluster.
 
 Responses are requested with `_preload_content=False` and decoded as raw JSON, which is faster than the
 client's model classes and keeps the objects exactly as the API server wrote them (camelCase keys), the same
@@ -51,7 +56,7 @@ _WATCH_READ_MARGIN = 5.0
 _Lister = Callable[..., Any]
 
 # The one table from kinds to API endpoints. The *_for_all_namespaces calls watch every namespace at once.
-_LISTERS: dict[objects.Kind, Callable[[client.ApiClient], _Lister]] = {
+_LISTERS: dict[objects.AnyKind, Callable[[client.ApiClient], _Lister]] = {
     objects.Kind.NODE: lambda api: client.CoreV1Api(api).list_node,
     objects.Kind.NAMESPACE: lambda api: client.CoreV1Api(api).list_namespace,
     objects.Kind.POD: lambda api: client.CoreV1Api(api).list_pod_for_all_namespaces,
@@ -65,9 +70,22 @@ _LISTERS: dict[objects.Kind, Callable[[client.ApiClient], _Lister]] = {
         "v1alpha1",
         "serviceexports",
     ),
+    # Cluster-scoped (clustermesh.connect writes it; its CRD is clustermesh/schemas/clustermesh-crd.json).
+    objects.ConfigKind.CLUSTER_MESH: lambda api: functools.partial(
+        client.CustomObjectsApi(api).list_cluster_custom_object,
+        "cilium.io",
+        "v2alpha1",
+        "clustermeshes",
+    ),
+}
+# The kinds a source may read in one namespace, and how.
+_NAMESPACED_LISTERS: dict[objects.AnyKind, Callable[[client.ApiClient, str], _Lister]] = {
+    objects.ConfigKind.SECRET: lambda api, namespace: functools.partial(
+        client.CoreV1Api(api).list_namespaced_secret, namespace
+    ),
 }
 # Kinds served by a CRD that a cluster may not have installed: 404 means "none".
-_OPTIONAL = frozenset({objects.Kind.SERVICE_EXPORT})
+_OPTIONAL: frozenset[objects.AnyKind] = frozenset({objects.Kind.SERVICE_EXPORT, objects.ConfigKind.CLUSTER_MESH})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -98,23 +116,39 @@ class KubernetesAPISource:
     """Objects of `kinds` listed and watched from the API server that `kubeconfig` points at.
 
     Without a kubeconfig, the in-cluster service account configuration is used, else the default kubeconfig.
+    With `namespace`, only that namespace is read, and with `name` too, only objects of that name (see the
+    module docstring). A kind that cannot be read in the asked scope (every namespace, or one) is a
+    programming error: ValueError.
     """
 
     def __init__(
         self,
         kubeconfig: Path | None = None,
         *,
-        kinds: Iterable[objects.Kind | str],
+        kinds: Iterable[objects.AnyKind | str],
+        namespace: str | None = None,
+        name: str | None = None,
         options: KubernetesAPIOptions | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.kinds = objects.parse_kinds(kinds)
+        self.namespace = namespace
+        self.name = name
         self.options = options if options is not None else KubernetesAPIOptions()
+        listers = _LISTERS if namespace is None else _NAMESPACED_LISTERS
+        unsupported = sorted(kind for kind in self.kinds if kind not in listers)
+        if unsupported:
+            scope = "across namespaces" if namespace is None else "one namespace at a time"
+            raise ValueError(f"{', '.join(unsupported)} cannot be read {scope}")
+        if name is not None and (not name or namespace is None):
+            raise ValueError("a name selects objects in one namespace: give a non-empty name and a namespace")
         self._running = False
 
     def __repr__(self) -> str:
         where = self.kubeconfig if self.kubeconfig is not None else "default configuration"
-        return f"<KubernetesAPISource {where} kinds={','.join(sorted(self.kinds))}>"
+        scope = "".join(f" {field}={value}" for field, value in (("namespace", self.namespace), ("name", self.name))
+                        if value is not None)
+        return f"<KubernetesAPISource {where} kinds={','.join(sorted(self.kinds))}{scope}>"
 
     async def run(self, sink: event.EventSink, *, ready: asyncio.Event | None = None) -> None:
         """Deliver every requested kind's objects, SYNCED once all are listed, then changes; until cancelled.
@@ -141,8 +175,10 @@ class KubernetesAPISource:
         threads: list[threading.Thread] = []
         try:
             for kind in sorted(self.kinds):
-                reflector = _Reflector(kind, _LISTERS[kind](api_client), self.options, channel)
-                thread = threading.Thread(target=reflector.run, name=f"kube reflector {kind}", daemon=True)
+                reflector = _Reflector(kind, self._lister(kind, api_client), self.options, channel,
+                                       scope=self._scope())
+                thread = threading.Thread(target=reflector.run, name=f"kube reflector {kind}{self._scope()}",
+                                          daemon=True)
                 thread.start()
                 threads.append(thread)
             unlisted = set(self.kinds)
@@ -167,6 +203,21 @@ class KubernetesAPISource:
         finally:
             channel.stop(len(threads))
             await _join(inbox, threads)
+
+    def _scope(self) -> str:
+        """The scope for log lines and thread names: empty for every namespace, else ` namespace=NS [name=N]`."""
+        if self.namespace is None:
+            return ""
+        return f" namespace={self.namespace}" + (f" name={self.name}" if self.name is not None else "")
+
+    def _lister(self, kind: objects.AnyKind, api_client: client.ApiClient) -> _Lister:
+        """The list (and, with watch=True, watch) call of `kind` in this source's scope."""
+        if self.namespace is None:
+            return _LISTERS[kind](api_client)
+        lister = _NAMESPACED_LISTERS[kind](api_client, self.namespace)
+        if self.name is not None:
+            lister = functools.partial(lister, field_selector=f"metadata.name={self.name}")
+        return lister
 
 
 async def _join(inbox: asyncio.Queue[_Message], threads: list[threading.Thread]) -> None:
@@ -213,7 +264,7 @@ class _Stopped(Exception):
 class _Listed:
     """A kind's complete current state, from a list."""
 
-    kind: objects.Kind
+    kind: objects.AnyKind
     objects: dict[objects.ObjectKey, dict[str, Any]]
 
 
@@ -230,7 +281,7 @@ class _Changed:
 class _Exited:
     """A reflector thread's last message: why it ended (None when it was stopped)."""
 
-    kind: objects.Kind
+    kind: objects.AnyKind
     thread: threading.Thread
     error: BaseException | None
 
@@ -322,9 +373,11 @@ class _Reflector:
     """
 
     def __init__(
-        self, kind: objects.Kind, lister: _Lister, options: KubernetesAPIOptions, channel: _Channel
+        self, kind: objects.AnyKind, lister: _Lister, options: KubernetesAPIOptions, channel: _Channel, *,
+        scope: str = "",
     ) -> None:
         self._kind = kind
+        self._scope = scope
         self._lister = lister
         self._options = options
         self._channel = channel
@@ -375,9 +428,10 @@ class _Reflector:
             delay = self._backoff.next_delay()
             hint = ' hint="grant list and watch on this kind"' if isinstance(exc, errors.Forbidden) else ""
             log.warning(
-                "event=kube.%s.failed kind=%s attempt=%d retry_in=%.2fs error=%s%s",
+                "event=kube.%s.failed kind=%s%s attempt=%d retry_in=%.2fs error=%s%s",
                 "watch" if watching else "list",
                 self._kind,
+                self._scope,
                 self._backoff.attempts,
                 delay,
                 json.dumps(str(exc)),
@@ -419,8 +473,9 @@ class _Reflector:
             raise errors.KubeAPIError("list response without metadata.resourceVersion")
         self._channel.post(_Listed(self._kind, listed))
         log.info(
-            "event=kube.list.complete kind=%s objects=%d resource_version=%s",
+            "event=kube.list.complete kind=%s%s objects=%d resource_version=%s",
             self._kind,
+            self._scope,
             len(listed),
             resource_version,
         )

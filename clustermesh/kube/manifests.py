@@ -91,7 +91,7 @@ class _InvalidDocument:
 class ManifestSource:
     """Objects of `kinds` from the manifest files in `directory`, followed live; see the module docstring."""
 
-    def __init__(self, directory: Path, *, kinds: Iterable[objects.Kind | str]) -> None:
+    def __init__(self, directory: Path, *, kinds: Iterable[objects.AnyKind | str]) -> None:
         self.directory = directory
         # Absolute, so that the watcher's paths and the scan's paths are the same strings.
         self._path = os.path.abspath(directory)
@@ -294,7 +294,7 @@ def _scan(
     directory: str,
     known: Mapping[str, _Signature],
     touched: Set[str],
-    kinds: frozenset[objects.Kind],
+    kinds: frozenset[objects.AnyKind],
 ) -> _Scan:
     """Stat every manifest file; read those that are new, changed, touched or due for a retry. Blocking."""
     scan = _Scan()
@@ -334,7 +334,7 @@ def _scan(
 
 
 def _parse_file(
-    path: str, data: bytes, kinds: frozenset[objects.Kind]
+    path: str, data: bytes, kinds: frozenset[objects.AnyKind]
 ) -> tuple[dict[objects.ObjectKey, dict[str, Any]], list[_InvalidDocument]]:
     """The objects of `kinds` in one file (a later document wins over an earlier one) and the invalid ones."""
     found: dict[objects.ObjectKey, dict[str, Any]] = {}
@@ -405,7 +405,7 @@ def _objects_of(document: Any) -> list[tuple[int | None, Any]]:
     return [(None, document)]
 
 
-def _key_if_wanted(obj: Any, kinds: frozenset[objects.Kind]) -> objects.ObjectKey | None:
+def _key_if_wanted(obj: Any, kinds: frozenset[objects.AnyKind]) -> objects.ObjectKey | None:
     """The key of `obj` if its kind was requested, None if not; raises DecodeError if it is unusable."""
     if not isinstance(obj, dict):
         raise DecodeError("document", f"not a mapping but {type(obj).__name__}")
@@ -414,4 +414,4 @@ def _key_if_wanted(obj: Any, kinds: frozenset[objects.Kind]) -> objects.ObjectKe
         raise DecodeError("document", "kind is missing or not a string")
     if kind not in kinds:
         return None
-    return objects.object_key(objects.Kind(kind), obj)
+    return objects.object_key(objects.parse_kind(kind), obj)

@@ -1,17 +1,21 @@
 """Kubernetes objects as plain dicts: the kinds a source can deliver and an object's identity.
 
+Kinds come in two enums. `Kind` is cluster state — what the apiserver publishes (it reads every member) and the
+agent serves; `ConfigKind` configures the mesh itself (the ClusterMesh resource and the peer Secrets it
+references) and only the agent's ClusterMesh watcher reads it. Sources take either, as `AnyKind`.
+
 An object is the dict that JSON or YAML decoding gives (camelCase keys, `kind`, `apiVersion`, `metadata`),
 whether it came from the API server or from a manifest file; nothing here converts it into typed models.
 Identity is (kind, namespace, name): namespaced kinds without `metadata.namespace` are in "default", as
-`kubectl apply` puts them; cluster-scoped kinds (Node, Namespace) have the namespace "". Translating objects
-into wire records is the consumers' job, not this package's.
+`kubectl apply` puts them; cluster-scoped kinds (Node, Namespace, ClusterMesh) have the namespace "".
+Translating objects into wire records is the consumers' job, not this package's.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from clustermesh.errors import DecodeError
 
@@ -19,7 +23,7 @@ DEFAULT_NAMESPACE = "default"
 
 
 class Kind(enum.StrEnum):
-    """A kind of Kubernetes object a source can watch; the value is the object's `kind` field."""
+    """A kind of cluster-state object a source can watch; the value is the object's `kind` field."""
 
     NODE = "Node"
     NAMESPACE = "Namespace"
@@ -34,10 +38,31 @@ class Kind(enum.StrEnum):
         return self not in (Kind.NODE, Kind.NAMESPACE)
 
 
+class ConfigKind(enum.StrEnum):
+    """A kind of Kubernetes object that configures the mesh rather than describing the cluster.
+
+    Kept out of `Kind`, every member of which is state the apiserver reads and publishes: a Secret is never that.
+    """
+
+    CLUSTER_MESH = "ClusterMesh"
+    SECRET = "Secret"
+
+    @property
+    def namespaced(self) -> bool:
+        """Whether objects of this kind live in a namespace."""
+        return self is ConfigKind.SECRET
+
+
+AnyKind: TypeAlias = Kind | ConfigKind
+"""Any kind a source can deliver."""
+
+_KINDS: dict[str, AnyKind] = {kind.value: kind for kind in (*Kind, *ConfigKind)}
+
+
 class ObjectKey(NamedTuple):
     """The identity of an object: kind, namespace ("" for cluster-scoped kinds) and name."""
 
-    kind: Kind
+    kind: AnyKind
     namespace: str
     name: str
 
@@ -47,18 +72,23 @@ class ObjectKey(NamedTuple):
         return f"{self.kind}/{self.name}"
 
 
-def parse_kinds(kinds: Iterable[Kind | str]) -> frozenset[Kind]:
-    """Turn a kinds filter into `Kind`s; raises ValueError (a programmer error) if unknown or empty."""
+def parse_kind(value: str) -> AnyKind:
+    """The kind whose `kind` field is `value`; raises ValueError if there is none."""
     try:
-        parsed = frozenset(Kind(kind) for kind in kinds)
-    except ValueError as exc:
-        raise ValueError(f"unknown kind in {kinds!r}; expected some of {[k.value for k in Kind]}") from exc
+        return _KINDS[value]
+    except KeyError:
+        raise ValueError(f"unknown kind {value!r}; expected one of {sorted(_KINDS)}") from None
+
+
+def parse_kinds(kinds: Iterable[AnyKind | str]) -> frozenset[AnyKind]:
+    """Turn a kinds filter into kinds; raises ValueError (a programmer error) if unknown or empty."""
+    parsed = frozenset(parse_kind(kind) for kind in kinds)
     if not parsed:
         raise ValueError("a source needs at least one kind")
     return parsed
 
 
-def object_key(kind: Kind, obj: dict[str, Any]) -> ObjectKey:
+def object_key(kind: AnyKind, obj: dict[str, Any]) -> ObjectKey:
     """The identity of `obj` (whose `kind` is `kind`); raises DecodeError when its metadata is malformed."""
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):

@@ -26,7 +26,7 @@ class Source(Protocol):
     """Something that delivers Kubernetes objects of `kinds` to a sink."""
 
     @property
-    def kinds(self) -> frozenset[objects.Kind]:
+    def kinds(self) -> frozenset[objects.AnyKind]:
         """The kinds this source delivers; objects of other kinds are never delivered."""
         ...
 
@@ -39,7 +39,7 @@ class Source(Protocol):
         ...
 
 
-def parse_source_spec(spec: str, *, kinds: Iterable[objects.Kind | str]) -> Source:
+def parse_source_spec(spec: str, *, kinds: Iterable[objects.AnyKind | str]) -> Source:
     """Build the source a spec string names; raises ConfigError naming the spec if it is malformed."""
     scheme, colon, argument = spec.partition(":")
     if scheme == "manifests" and argument:
@@ -48,11 +48,25 @@ def parse_source_spec(spec: str, *, kinds: Iterable[objects.Kind | str]) -> Sour
             raise ConfigError(f"source {spec!r}: {directory} is not a directory")
         return manifests.ManifestSource(directory, kinds=kinds)
     if scheme == "kubernetes" and (argument or not colon):
-        kubeconfig = Path(argument) if argument else None
-        if kubeconfig is not None and not kubeconfig.is_file():
-            raise ConfigError(f"source {spec!r}: kubeconfig {kubeconfig} is not a file")
+        kubeconfig = parse_kubernetes_spec(spec)
         # Imported here: the kubernetes client is slow to import and only this source needs it.
         from clustermesh.kube import kubernetes_api
 
         return kubernetes_api.KubernetesAPISource(kubeconfig, kinds=kinds)
     raise ConfigError(f"invalid source {spec!r}: expected {_SPEC_FORMS}")
+
+
+def parse_kubernetes_spec(spec: str) -> Path | None:
+    """The kubeconfig a `kubernetes` (None) or `kubernetes:KUBECONFIG` spec names; ConfigError naming it otherwise.
+
+    None means the in-cluster service account configuration, else the default kubeconfig.
+    """
+    scheme, colon, argument = spec.partition(":")
+    if scheme != "kubernetes" or (colon and not argument):
+        raise ConfigError(f"invalid Kubernetes API {spec!r}: expected 'kubernetes' or 'kubernetes:KUBECONFIG'")
+    if not argument:
+        return None
+    kubeconfig = Path(argument)
+    if not kubeconfig.is_file():
+        raise ConfigError(f"source {spec!r}: kubeconfig {kubeconfig} is not a file")
+    return kubeconfig

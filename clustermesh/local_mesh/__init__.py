@@ -17,7 +17,15 @@ Everything other packages need is re-exported here.
 from clustermesh.local_mesh.control import ControlClient, ControlError
 from clustermesh.local_mesh.daemon import Daemon, DaemonFailed
 from clustermesh.local_mesh.layout import DEFAULT_DIR, ClusterPlan, NodePlan, plan
-from clustermesh.local_mesh.mesh import AgentOptions, Config, Example, LocalMesh, NotSynced, RunningCluster
+from clustermesh.local_mesh.mesh import (
+    AgentOptions,
+    ApiserverOptions,
+    Config,
+    Example,
+    LocalMesh,
+    NotSynced,
+    RunningCluster,
+)
 from clustermesh.local_mesh.mesh_file import MeshFile
 from clustermesh.local_mesh.mesh_file import load as load_mesh_file
 from clustermesh.local_mesh.status import AgentReport, read_mesh, synced
@@ -26,6 +34,7 @@ __all__ = [
     "DEFAULT_DIR",
     "AgentOptions",
     "AgentReport",
+    "ApiserverOptions",
     "ClusterPlan",
     "Config",
     "ControlClient",

@@ -81,6 +81,27 @@ class NotSynced(errors.ClusterMeshError):
 
 
 @dataclasses.dataclass(frozen=True)
+class ApiserverOptions:
+    """Apiserver flags that decide how a failure shows (seconds); None leaves the apiserver's default.
+
+    A short heartbeat interval lets agents tell a dead apiserver sooner; recorded in mesh.json
+    (`apiserver_options`).
+    """
+
+    heartbeat_interval: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval is not None and self.heartbeat_interval <= 0:
+            raise errors.ConfigError(f"--heartbeat-interval: must be positive, got {self.heartbeat_interval:g}")
+
+    def args(self) -> list[str]:
+        """The apiserver flags for the options that are set."""
+        if self.heartbeat_interval is None:
+            return []
+        return ["--heartbeat-interval", f"{self.heartbeat_interval:g}"]
+
+
+@dataclasses.dataclass(frozen=True)
 class AgentOptions:
     """Agent flags that decide how fast a failure shows (seconds); None leaves the agent's default.
 
@@ -125,6 +146,7 @@ class Config:
     python: str = sys.executable
     """The interpreter that runs `-m apiserver` and `-m agent`."""
     agent_options: AgentOptions = AgentOptions()
+    apiserver_options: ApiserverOptions = ApiserverOptions()
     agent_args: tuple[str, ...] = ()
     """Extra flags for every agent (e.g. `--cache-ttl 5`, lower keepalives for drills)."""
     apiserver_args: tuple[str, ...] = ()
@@ -340,6 +362,7 @@ class LocalMesh:
             "--grpc-listen", ports.host_port(listen.apiserver_grpc),
             "--metrics-listen", ports.host_port(listen.apiserver_metrics),
             "--health-listen", ports.host_port(listen.apiserver_health),
+            *self.config.apiserver_options.args(),
             *self.config.apiserver_args,
         ]
         return daemon.Daemon(
@@ -626,6 +649,8 @@ class LocalMesh:
             agent_options=mesh_file.AgentOptions(keepalive_interval=options.keepalive_interval,
                                                  keepalive_timeout=options.keepalive_timeout,
                                                  cache_ttl=options.cache_ttl),
+            apiserver_options=mesh_file.ApiserverOptions(
+                heartbeat_interval=self.config.apiserver_options.heartbeat_interval),
         )
 
     def _write_mesh_file(self, state: mesh_file.State) -> None:

@@ -3,6 +3,7 @@
     {"version": 1, "dir": ..., "state": "running" | "stopped", "pid": <pid of `clustermesh up`>,
      "control": "unix:DIR/control.sock",
      "agent_options": {"keepalive_interval", "keepalive_timeout", "cache_ttl"},
+     "apiserver_options": {"heartbeat_interval"},
      "clusters": [{"name", "id", "max_connected_clusters", "pod_cidrs", "dir", "certs", "secret", "manifests",
                    "etcd": {"endpoints", "listen", "ca", "cert", "key", "pid", "peer_url", "data", "log"},
                    "apiserver": {"grpc", "metrics", "health", "pid", "log"},
@@ -13,10 +14,11 @@ path is absolute. `etcd.endpoints` is what clients and the peers' agents dial; i
 proxy in front of the etcd, which drills can cut (a partition), while `etcd.listen` is the etcd itself (what
 the cluster's own apiserver dials, and what a drill reads the truth from while the proxy is cut); `listen` is
 empty when the endpoints are the etcd itself. `control` is the endpoint drills act through
-(clustermesh.local_mesh.control); empty when there is none. `agent_options` are the agent flags `up` passed,
-null meaning the agent's default. The file is rewritten whole (temp file + rename) whenever a pid changes,
-and kept after the mesh stops with `"state": "stopped"` and the last pids, so a script can check that they are
-gone; the next `up` reads it to reuse the ports. Readers must ignore keys they do not know; writers only ever add keys.
+(clustermesh.local_mesh.control); empty when there is none. `agent_options` and `apiserver_options` are the
+daemon flags `up` passed, null meaning the daemon's default. The file is rewritten whole (temp file + rename)
+whenever a pid changes, and kept after the mesh stops with `"state": "stopped"` and the last pids, so a script
+can check that they are gone; the next `up` reads it to reuse the ports. Readers must ignore keys they do not
+know; writers only ever add keys.
 """
 
 # STABLE FILE FORMAT: scripts, drills and documentation read these key names.
@@ -98,6 +100,12 @@ class AgentOptions(msgspec.Struct, kw_only=True):
     cache_ttl: float | None = None
 
 
+class ApiserverOptions(msgspec.Struct, kw_only=True):
+    """The apiserver flags that decide how a failure shows (seconds); None is the apiserver's default."""
+
+    heartbeat_interval: float | None = None
+
+
 class MeshFile(msgspec.Struct, kw_only=True):
     """The whole file."""
 
@@ -107,6 +115,7 @@ class MeshFile(msgspec.Struct, kw_only=True):
     pid: int | None = None
     control: str = ""
     agent_options: AgentOptions = msgspec.field(default_factory=AgentOptions)
+    apiserver_options: ApiserverOptions = msgspec.field(default_factory=ApiserverOptions)
     clusters: list[Cluster]
 
     def cluster(self, name: str) -> Cluster:

@@ -4,8 +4,9 @@ Covered: GetStatus (field-by-field copy of PeerStatus, uptime, global services),
 without a cluster filter, ResolveService (affinity-selected `backends` vs `all_backends`, `local` flag, not
 found, invalid arguments), LookupIP (identity from the cache, reserved identities, prefix forms), Watch
 (snapshot, SYNCED, live changes in order, kind filter, skip_initial, invalid kinds, the RESOURCE_EXHAUSTED
-back-pressure policy), gRPC health and reflection, mTLS (a client without a certificate is refused), and
-misuse. The cache is filled directly and peer status comes from a fake (the lowest seams).
+back-pressure policy), WatchBatched (the same events grouped, max_batch, the byte bound), gRPC health and
+reflection, mTLS (a client without a certificate is refused), and misuse. The cache is filled directly and
+peer status comes from a fake (the lowest seams).
 """
 
 from __future__ import annotations
@@ -282,6 +283,75 @@ async def test_watch_back_pressure_cuts_off_a_consumer_that_falls_behind(world: 
         events += 1
     assert events == 62, "a new Watch resyncs with a full snapshot"
     again.cancel()
+
+
+async def next_batch(stream: grpc.aio.UnaryStreamCall) -> list[agent_pb2.WatchEvent]:
+    async with asyncio.timeout(5):
+        batch: agent_pb2.WatchEventBatch = await stream.read()
+    assert batch is not grpc.aio.EOF and batch.events, "a batch is never empty"
+    return list(batch.events)
+
+
+async def test_watch_batched_sends_watch_events_grouped(world: World) -> None:
+    plain = world.stub.Watch(agent_pb2.WatchRequest())
+    batched = world.stub.WatchBatched(agent_pb2.WatchRequest(max_batch=3))
+    expected = []
+    while (event := await next_event(plain)).type != agent_pb2.WatchEvent.SYNCED:
+        expected.append(event)
+    expected.append(event)
+    got: list[agent_pb2.WatchEvent] = []
+    sizes = []
+    while len(got) < len(expected):
+        batch = await next_batch(batched)
+        sizes.append(len(batch))
+        got.extend(batch)
+    assert [(e.type, e.kind, e.cluster, e.key) for e in got] == [(e.type, e.kind, e.cluster, e.key) for e in expected]
+    for event in (*got, *expected):
+        event.ClearField("timestamp_unix")  # each stream stamps its own snapshot
+    assert got == expected, "the same event messages"
+    assert sizes == [3, 3, 2], "the snapshot cut at max_batch, SYNCED at its end"
+
+    # Changes made while the stream cannot send arrive together, in order; deletes carry no object.
+    for i in range(5):
+        world.cache.upsert(Kind.IPCACHE, "cluster-b", f"10.4.0.{i}", records.IPIdentityPair(ip=f"10.4.0.{i}", id=2))
+    world.cache.delete(Kind.IPCACHE, "cluster-b", "10.4.0.0")
+    live = [event for _ in range(2) for event in await next_batch(batched)]
+    assert [(e.type, e.key) for e in live] == [
+        *((agent_pb2.WatchEvent.UPSERT, f"10.4.0.{i}") for i in range(5)), (agent_pb2.WatchEvent.DELETE, "10.4.0.0"),
+    ]
+    assert live[0].ipcache.prefix == "10.4.0.0" and not live[5].HasField("ipcache")
+    plain.cancel()
+    batched.cancel()
+    await helpers.eventually(lambda: world.service.watchers == 0, timeout=5)
+
+
+async def test_watch_batched_back_pressure_and_invalid_kinds(world: World) -> None:
+    stream = world.stub.WatchBatched(agent_pb2.WatchRequest(kinds=["ipcache"], skip_initial=True))
+    assert [e.type for e in await next_batch(stream)] == [agent_pb2.WatchEvent.SYNCED]
+    for i in range(60):
+        world.cache.upsert(Kind.IPCACHE, "cluster-b", f"10.3.0.{i}", records.IPIdentityPair(ip=f"10.3.0.{i}", id=2))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async with asyncio.timeout(5):
+            while True:
+                await stream.read()
+    assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    invalid = world.stub.WatchBatched(agent_pb2.WatchRequest(kinds=["pods"]))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await invalid.read()
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_batches_are_bounded_in_bytes() -> None:
+    backends = {f"10.5.{i // 256}.{i % 256}": {"http": records.L4Addr("TCP", 80)} for i in range(10_000)}
+    big = records.ClusterService(cluster="cluster-b", namespace=NS, name=NAME, cluster_id=2, backends=backends)
+    pending = [grpc_server._Pending(agent_pb2.WatchEvent.UPSERT, mesh_cache.Change(Kind.SERVICES, "cluster-b",
+                                                                                   f"{NS}/{NAME}", big), 1.0)] * 5
+    batches = list(grpc_server._batches(pending, 1024))
+    event_bytes = batches[0].events[0].ByteSize()
+    per_batch = -(-grpc_server.MAX_BATCH_BYTES // event_bytes)  # closed by the event that reaches the bound
+    assert [len(batch.events) for batch in batches] == [per_batch] * (5 // per_batch) + [5 % per_batch] * (
+        5 % per_batch > 0)
 
 
 async def test_health_and_reflection(world: World) -> None:

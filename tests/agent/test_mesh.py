@@ -4,7 +4,8 @@ is not remove; the mesh-config directory driving the mesh end to end.
 Covers: set_peers() before and during run(); a changed peer file reconnects without dropping entries; a
 removed peer is drained and its cluster ID released; the local cluster's own config ignored; ready once
 every peer synced or failed its first attempt; cancelling run() keeps every entry; a second run() refused;
-MeshConfigWatcher + Mesh on a real directory with Cilium-style files. Excludes: what happens inside one
+configuration problems shown in status without touching the peers; MeshConfigWatcher + Mesh on a real
+directory with Cilium-style files. Excludes: what happens inside one
 connection (test_remote_cluster.py), conflicts (test_peer_conflicts.py).
 """
 
@@ -99,6 +100,34 @@ async def test_readiness_skips_dead_peers_and_stop_keeps_entries(tmp_path: pathl
                 await task
         assert cached_state(cache, "cluster-b") == before  # stop is not remove
         assert status_of(agent_mesh, "cluster-b").status == "stopped"
+
+
+async def test_configuration_problems_show_in_status_and_touch_no_peer(tmp_path: pathlib.Path) -> None:
+    cache = mesh_cache.MeshCache()
+    agent_mesh = mesh.Mesh(LOCAL, cache, options=FAST)
+    async with peer_cluster(tmp_path, "cluster-b", 2) as b:
+        await publish_basic(b)
+        problems = {
+            "cluster-e": "Secret kube-system/cluster-e-secret not found",
+            "cluster-a": "the local cluster's own entry",
+        }
+        agent_mesh.set_peers({"cluster-b": b.peer_config()}, problems)
+        assert [(s.name, s.status) for s in agent_mesh.statuses()] == [
+            ("cluster-b", "not started"), ("cluster-e", f"not started: {problems['cluster-e']}")]
+        async with running_mesh(agent_mesh):  # ready: a peer without configuration is no peer to wait for
+            await converged(cache, b)
+            e = status_of(agent_mesh, "cluster-e")
+            assert (e.ready, e.last_error) == (False, problems["cluster-e"])
+
+            # A bad update of a running peer's configuration: it keeps running, its status says why.
+            agent_mesh.set_peers({"cluster-b": b.peer_config()}, {"cluster-b": "tls.key missing; keeping it"})
+            status = status_of(agent_mesh, "cluster-b")
+            assert status.ready and status.status == "ready; configuration: tls.key missing; keeping it"
+            assert [s.name for s in agent_mesh.statuses()] == ["cluster-b"]
+            await converged(cache, b)
+
+            agent_mesh.set_peers({"cluster-b": b.peer_config()})
+            assert status_of(agent_mesh, "cluster-b").status == "ready"
 
 
 async def test_mesh_config_directory_drives_the_mesh(tmp_path: pathlib.Path) -> None:

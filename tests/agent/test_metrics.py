@@ -1,8 +1,9 @@
 """The agent's Prometheus metrics: the collector over peer statuses and the /metrics HTTP endpoint.
 
 Covered: every series of agent.metrics with its labels and values, a peer leaving (its series disappear at the
-next scrape), valid exposition text parsed back by prometheus_client, and the endpoint over real HTTP (GET,
-HEAD, 404, 405, a second run refused). Statuses come from a fake status source (the lowest seam).
+next scrape), valid exposition text parsed back by prometheus_client, and the endpoint over real HTTP, served by
+clustermesh.http_server as the agent serves it (GET, HEAD, 404, 405, a second run refused). Statuses come from
+a fake status source (the lowest seam).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import config, metrics, peer_status
+from agent import metrics, peer_status
+from clustermesh import http_server
 from tests.agent import test_services as objects
 
 SOURCE = {"source_cluster": "cluster-a", "source_node_name": "node-a1"}
@@ -73,9 +75,9 @@ def test_series_per_peer() -> None:
 async def test_endpoint_serves_valid_exposition() -> None:
     world = World()
     world.statuses = [peer("cluster-b", ready=True)]
-    server = metrics.MetricsServer(world.registry, config.HostPort("127.0.0.1", 0))
+    server = http_server.HttpServer("127.0.0.1:0", metrics.routes(world.registry), name="metrics")
     async with objects.running(server):
-        url = f"http://{server.address}"
+        url = f"http://127.0.0.1:{server.port}"
 
         def fetch(path: str, method: str = "GET") -> tuple[int, str, str]:
             request = urllib.request.Request(url + path, method=method)

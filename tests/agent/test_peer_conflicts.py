@@ -1,7 +1,8 @@
 """Peers that must be refused: a cluster ID that is invalid or taken, a misnamed peer file, another
 maxConnectedClusters, pod CIDRs overlapping the local cluster's or another peer's.
 
-Covers: ClusterIDs and PodCIDRs as bookkeeping (unit), then real peers, each with its own etcd, refused with
+Covers: ClusterIDs and PodCIDRs as bookkeeping (unit), a node's pod networks as claimed (the same networks
+CIDR.network() gives, built faster), then real peers, each with its own etcd, refused with
 the reason in statuses() (what `clustermesh status` shows), drained, retried, and accepted once the conflict
 is gone. Excludes: record-level validation (test_peer_observer.py).
 """
@@ -14,7 +15,8 @@ import pathlib
 import pytest
 
 from agent import cache as mesh_cache
-from agent import cluster_ids, mesh
+from agent import cluster_ids, mesh, remote_cluster
+from clustermesh import records
 from clustermesh.keys import Kind
 from tests.agent.test_peer_harness import (
     FAST,
@@ -89,6 +91,17 @@ async def refused(agent_mesh: mesh.Mesh, name: str, reason: str) -> None:
 
     await eventually(check, timeout=10, description=f"{name} refused: {reason}")
 
+
+
+@pytest.mark.parametrize("cidr", [
+    records.CIDR.parse("10.2.0.0/24"), records.CIDR("10.2.0.77", bytes([255, 255, 255, 192])),
+    records.CIDR.parse("fd00:2::/96"), records.CIDR("fe80::1%eth0", bytes([255] * 8 + [0] * 8)),
+    records.CIDR.parse("0.0.0.0/0"),
+], ids=str)
+def test_pod_networks_are_what_cidr_network_gives(cidr: records.CIDR) -> None:
+    networks = remote_cluster._pod_networks(records.Node(name="n", ipv4_alloc_cidr=cidr))
+    assert networks == (cidr.network(),)
+    assert type(networks[0]) is type(cidr.network())
 
 async def test_local_id_zero_id_and_max_clusters_mismatch_are_refused(tmp_path: pathlib.Path) -> None:
     agent_mesh, cache = make_mesh()

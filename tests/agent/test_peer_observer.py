@@ -3,7 +3,9 @@
 Covers: each kind decoded under its cache name; hand-written bad records (wrong cluster, identity out of the
 peer's range, bad IP, truncated JSON, name/key mismatch, a key that is not UTF-8) skipped, counted per peer and
 reason and logged with the key, never evicting the good value stored under the same name; hypothesis-generated
-garbage never raising and never touching the cache; deletes; the full-resync sweep; the bounded reason table.
+garbage never raising and never touching the cache; the codec's name fast path agreeing with its full path on
+every outcome and reason; repeated values shared across a peer's records; deletes; the full-resync sweep; the
+bounded reason table.
 Excludes: etcd (test_remote_cluster.py runs the same observers behind real watches).
 """
 
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from agent import cache as mesh_cache
 from agent import peer_observer
 from clustermesh import codec, keys, records
+from clustermesh.errors import DecodeError
 from clustermesh.keys import Kind
 from tests.agent.test_peer_harness import identity, ip_entry, node, record_key, service
 
@@ -192,3 +195,87 @@ def test_invalid_record_log_line_is_bounded(caplog: pytest.LogCaptureFixture) ->
     f = Fixture()
     f.put(Kind.NODES, keys.node_key(CLUSTER, "n" * 1000), b"{}")
     assert len(caplog.records[-1].getMessage()) < 600
+
+
+def _outcome(decode, *args, **kwargs) -> object:  # type: ignore[no-untyped-def]
+    try:
+        return decode(*args, **kwargs)
+    except DecodeError as exc:
+        return exc.reason
+
+
+NAMES = st.one_of(st.sampled_from(["n1", "n/1", "", "/", "a/", "ns/svc", "ns/", "/svc", "ns/svc/x", "ns//svc"]),
+                  st.text(max_size=12))
+IPS = st.sampled_from(["10.2.0.9", "10.2.0.0", "::ffff:10.2.0.9", "010.2.0.9", "fd00::9", "fd00:0::9", "10.2.0.9%x",
+                       "", "10.2.0.0/24", "10.2.0.9/32", "fd00::/64", "10.2.0.0//24", "/24"])
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(kind=st.sampled_from([Kind.NODES, Kind.SERVICES, Kind.SERVICE_EXPORTS]), name=NAMES,
+                  record_name=st.sampled_from(["n1", "svc", "n/1", ""]), namespace=st.sampled_from(["ns", "", "a/b"]),
+                  cached=st.booleans(), truncate=st.booleans())
+def test_name_fast_path_agrees_with_the_full_path(
+    kind: Kind, name: str, record_name: str, namespace: str, cached: bool, truncate: bool
+) -> None:
+    if kind is Kind.NODES:
+        record: mesh_cache.Record = node(CLUSTER, CLUSTER_ID, record_name)
+        decode = codec.decode_node
+        extra = {"cluster_id": CLUSTER_ID}
+    elif kind is Kind.SERVICES:
+        record = msgspec.structs.replace(service(CLUSTER, CLUSTER_ID, "ns", "svc", ["10.2.0.9"]), name=record_name,
+                                         namespace=namespace)
+        decode, extra = codec.decode_service, {"cluster_id": CLUSTER_ID}
+    else:
+        record = records.ServiceExport(cluster=CLUSTER, namespace=namespace, name=record_name, type="ClusterSetIP",
+                                       export_creation_timestamp="2026-01-01T00:00:00Z")
+        decode, extra = codec.decode_service_export, {}
+    value = codec.encode(record)[: -3 if truncate else None]
+    key = keys.watch_prefix(kind, CLUSTER, cached=cached) + name
+    full = _outcome(decode, key, value, cluster=CLUSTER, **extra)
+    assert _outcome(decode, key, value, cluster=CLUSTER, name=name, **extra) == full
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(key_ip=IPS, record_ip=IPS, mask=st.sampled_from([None, bytes([255, 255, 255, 0]), b"\xff"]),
+                  number=st.sampled_from([BASE + 1, 6, 1, 5 << 16]), cached=st.booleans(), truncate=st.booleans())
+def test_ip_name_fast_path_agrees_with_the_full_path(
+    key_ip: str, record_ip: str, mask: bytes | None, number: int, cached: bool, truncate: bool
+) -> None:
+    value = codec.encode(records.IPIdentityPair(ip=record_ip, mask=mask, host_ip="172.18.0.2", id=number))
+    value = value[: -3 if truncate else None]
+    key = keys.watch_prefix(Kind.IPCACHE, CLUSTER, cached=cached) + key_ip
+    args = {"cluster": CLUSTER, "cluster_id": CLUSTER_ID, "max_clusters": 255}
+    full = _outcome(codec.decode_ip_identity, key, value, **args)
+    assert _outcome(codec.decode_ip_identity, key, value, name=key_ip, **args) == full
+
+
+def test_repeated_values_are_shared_across_a_peer() -> None:
+    f = Fixture()
+    ports = (records.NamedPort("http", 8080, "TCP"),)
+    for ip in ("10.2.0.1", "10.2.0.2"):
+        f.put_record(Kind.IPCACHE, msgspec.structs.replace(ip_entry(ip, BASE + 7), named_ports=ports))
+    first, second = f.names(Kind.IPCACHE).values()
+    assert first.named_ports == ports and first.named_ports is second.named_ports
+    assert first.id is second.id
+    for name in ("n1", "n2"):
+        f.put_record(Kind.NODES, msgspec.structs.replace(
+            node(CLUSTER, CLUSTER_ID, name, cidr=f"10.2.{name[1]}.0/24"), labels={"kubernetes.io/hostname": name}))
+    n1, n2 = (f.names(Kind.NODES)[name] for name in ("n1", "n2"))
+    assert n1 == msgspec.structs.replace(node(CLUSTER, CLUSTER_ID, "n1", cidr="10.2.1.0/24"),
+                                         labels={"kubernetes.io/hostname": "n1"}), "sharing changes no value"
+    assert n1.cluster is n2.cluster and n1.source is n2.source
+    assert n1.ip_addresses[0].type is n2.ip_addresses[0].type
+    assert n1.ipv4_alloc_cidr.mask is n2.ipv4_alloc_cidr.mask  # type: ignore[union-attr]
+    assert next(iter(n1.labels)) is next(iter(n2.labels))  # type: ignore[arg-type]
+    f.put_record(Kind.SERVICES, service(CLUSTER, CLUSTER_ID, "ns", "svc", ["10.2.0.1", "10.2.0.2", "10.2.0.3"]))
+    backends = f.names(Kind.SERVICES)["ns/svc"].backends  # type: ignore[union-attr]
+    assert len({id(ports) for ports in backends.values()}) == 1
+
+
+def test_shared_values_are_bounded() -> None:
+    shared = peer_observer.Shared(limit=2)
+    one, two = (1000 + 1, 2000 + 2)
+    assert shared(one) is one and shared(int("1001")) is one
+    shared(two)
+    shared(3000 + 3)  # over the limit: the table starts over
+    assert shared(int("1001")) is not one

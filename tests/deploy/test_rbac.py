@@ -1,14 +1,17 @@
 """The rendered RBAC grants exactly what the daemons use: every API call allowed, no rule left unused.
 
 The real `clustermesh-apiserver --source kubernetes:KUBECONFIG` (against a real etcd) and the real
-`clustermesh-agent --local-source kubernetes:KUBECONFIG` run as subprocesses against the fake kube-apiserver
-of tests/kube/test_kubernetes_api.py (the real list/watch protocol), extended here with the collections the
-daemons read and with a handler that records every request — method, path and query, writes included
-(refused, as a read-only server would). Each request is turned into the attributes Kubernetes' RBAC
+`clustermesh-agent --local-source kubernetes:KUBECONFIG` — reading its peers from the ClusterMesh resource and
+its Secrets (the rendered default) or from a mesh-config directory — run as subprocesses against the fake
+kube-apiserver of tests/kube/test_kubernetes_api.py (the real list/watch protocol), extended here with the
+collections the daemons read and with a handler that records every request — method, path and query, writes
+included (refused, as a read-only server would). Each request is turned into the attributes Kubernetes' RBAC
 authorizer checks (API group, resource, verb, namespace, name) and matched against the rules the renderer
 binds to that daemon's ServiceAccount. The run lasts until every granted (group, resource, verb) has been
 used: the daemons start all their reflectors at once, so a call outside the grants would show up by then.
-Not covered: the kubelet's own calls (secret volumes, probes), which RBAC for service accounts does not govern.
+With the ClusterMesh resource, every Secret request must also name its Secret (a field selector), so that a
+Role narrowed to `resourceNames` would still allow them. Not covered: the kubelet's own calls (secret volumes,
+probes), which RBAC for service accounts does not govern.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from clustermesh import certs, deploy_render
+from clustermesh import certs, connect, deploy_render
 from clustermesh.etcd import process
 from tests.helpers import eventually
 from tests.kube import test_kubernetes_api as fake
@@ -145,15 +148,15 @@ async def kubeconfig(tmp_path: pathlib.Path, cluster: RecordingCluster) -> Async
         await asyncio.to_thread(server.stop)
 
 
-def _granted(service_account: str) -> list[dict[str, Any]]:
+def _granted(service_account: str, options: deploy_render.Options) -> list[dict[str, Any]]:
     """The rules the rendered RBAC binds to a ServiceAccount (ClusterRoles and Roles alike)."""
-    documents = deploy_render.render(OPTIONS, None)[deploy_render.RBAC_FILE]
+    documents = deploy_render.render(options, None)[deploy_render.RBAC_FILE]
     roles = {(doc["kind"], doc["metadata"]["name"]): doc for doc in documents if doc["kind"] in ("Role", "ClusterRole")}
     rules: list[dict[str, Any]] = []
     for binding in documents:
         if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
             continue
-        subject = {"kind": "ServiceAccount", "name": service_account, "namespace": OPTIONS.namespace}
+        subject = {"kind": "ServiceAccount", "name": service_account, "namespace": options.namespace}
         if subject in binding["subjects"]:
             role = roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
             namespace = role["metadata"].get("namespace")
@@ -206,8 +209,10 @@ async def _start(log: pathlib.Path, module: str, *args: str) -> Daemon:
     return Daemon(proc, log)
 
 
-async def _check(cluster: RecordingCluster, daemon: Daemon, service_account: str) -> None:
-    rules = _granted(service_account)
+async def _check(
+    cluster: RecordingCluster, daemon: Daemon, service_account: str, options: deploy_render.Options = OPTIONS
+) -> None:
+    rules = _granted(service_account, options)
     wanted = set(_grants(rules))
 
     def used() -> set[tuple[str, str, str]]:
@@ -249,12 +254,36 @@ async def test_apiserver_rbac_is_exactly_what_it_uses(
 async def test_agent_rbac_is_exactly_what_it_uses(
     tmp_path: pathlib.Path, cluster: RecordingCluster, kubeconfig: pathlib.Path,
 ) -> None:
+    assert OPTIONS.peer_secrets_namespace == fake.PEER_NAMESPACE, "the fake serves the rendered namespace's Secrets"
+    certs.init_cluster(tmp_path / "cluster-b", "cluster-b")
+    peer = connect.local_trust(name="cluster-b", cluster_id=2, endpoints=("https://127.0.0.1:1",),
+                               certs_dir=tmp_path / "cluster-b")
+    cluster.put(fake.PEER_SECRETS, connect.peer_secret(peer, namespace=fake.PEER_NAMESPACE))
+    # cluster-c's Secret is missing: still read (by name), never listed with the others.
+    cluster.put(fake.CLUSTER_MESHES, connect.cluster_mesh(["cluster-b", "cluster-c"], namespace=fake.PEER_NAMESPACE))
+    daemon = await _start(
+        tmp_path / "agent.log", "agent",
+        "--cluster-name", OPTIONS.cluster_name, "--cluster-id", str(OPTIONS.cluster_id), "--node-name", "node-1",
+        "--clustermesh-resource", f"kubernetes:{kubeconfig}", "--clustermesh-namespace", fake.PEER_NAMESPACE,
+        "--peer-tls-dir", str(tmp_path), "--local-source", f"kubernetes:{kubeconfig}",
+        "--listen", f"unix:{tmp_path / 'agent.sock'}",
+    )
+    await _check(cluster, daemon, deploy_render.AGENT)
+    secret_calls = [call.attributes() for call in cluster.calls if call.attributes().resource == "secrets"]
+    assert {a.name for a in secret_calls} == {"cluster-b-secret", "cluster-c-secret"}, secret_calls
+
+
+async def test_agent_rbac_with_a_mesh_config_directory_reads_no_secret(
+    tmp_path: pathlib.Path, cluster: RecordingCluster, kubeconfig: pathlib.Path,
+) -> None:
+    options = deploy_render.Options(cluster_name="cluster-a", cluster_id=1,
+                                    peer_source=deploy_render.PeerSource.MESH_CONFIG)
     mesh_config = tmp_path / "mesh-config"
     mesh_config.mkdir()
     daemon = await _start(
         tmp_path / "agent.log", "agent",
-        "--cluster-name", OPTIONS.cluster_name, "--cluster-id", str(OPTIONS.cluster_id), "--node-name", "node-1",
+        "--cluster-name", options.cluster_name, "--cluster-id", str(options.cluster_id), "--node-name", "node-1",
         "--mesh-config", str(mesh_config), "--local-source", f"kubernetes:{kubeconfig}",
         "--listen", f"unix:{tmp_path / 'agent.sock'}",
     )
-    await _check(cluster, daemon, deploy_render.AGENT)
+    await _check(cluster, daemon, deploy_render.AGENT, options)

@@ -5,7 +5,9 @@ the Kubernetes OpenAPI schemas shipped by kubernetes-validate, for the oldest su
 with native sidecar containers on by default) and the newest the package ships; the checked-in base manifests
 in deploy/kubernetes/ are exactly what the renderer produces; certificates are kept across renders, rotated or
 replaced on request, and re-issued alone when a SAN is added; the self-description Secret reads back through
-clustermesh.connect; the CLI's outputs and exit codes. Not covered: the CRD's schema (test_crd_schema.py),
+clustermesh.connect; the agent DaemonSet for both peer sources (the ClusterMesh resource with its Secrets'
+namespace, Role and memory-backed TLS volume; the mounted mesh-config Secret), probed on /readyz and /healthz;
+the CLI's outputs and exit codes. Not covered: the CRD's schema (test_crd_schema.py),
 RBAC against the daemons' requests (test_rbac.py), `etcd init` (test_etcd_init.py).
 """
 
@@ -43,7 +45,10 @@ OPTION_SETS = {
     ),
     "nodeport-511": deploy_render.Options(
         cluster_name="cluster-c", cluster_id=300, max_connected_clusters=511, namespace="mesh",
-        service_type=deploy_render.ServiceType.NODE_PORT, sans=("etcd.example.com",),
+        service_type=deploy_render.ServiceType.NODE_PORT, sans=("etcd.example.com",), peer_namespace="mesh-secrets",
+    ),
+    "mesh-config": deploy_render.Options(
+        cluster_name="cluster-d", cluster_id=4, peer_source=deploy_render.PeerSource.MESH_CONFIG,
     ),
 }
 
@@ -78,6 +83,7 @@ def test_every_manifest_validates_against_the_kubernetes_schema(
         {"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret",
          "Deployment", "Service", "DaemonSet"}
         | ({"PersistentVolumeClaim"} if options.etcd_storage is deploy_render.EtcdStorage.PVC else set())
+        | ({"Role", "RoleBinding"} if options.peer_source is deploy_render.PeerSource.CLUSTER_MESH_RESOURCE else set())
     )
 
 
@@ -120,6 +126,51 @@ def test_the_apiserver_pod_runs_etcd_as_a_sidecar_before_etcd_init_and_the_apise
     assert [name for name, mounts in mounted.items() if "kube-api-access" in mounts] == ["apiserver"]
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"][0]["port"] == deploy_render.ETCD_CLIENT_PORT
+
+
+def _agent_container(options: deploy_render.Options) -> tuple[dict[str, Any], dict[str, Any]]:
+    [daemon_set, _] = deploy_render.render(options, None)[deploy_render.AGENT_FILE]
+    pod = daemon_set["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    return pod, container
+
+
+def test_the_agents_read_peers_from_the_clustermesh_resource_and_secrets_of_their_own_namespace() -> None:
+    files = deploy_render.render(BASE_OPTIONS, None)
+    pod, agent = _agent_container(BASE_OPTIONS)
+    assert [doc["metadata"]["name"] for doc in files[deploy_render.NAMESPACE_FILE]] == [
+        "clustermesh", "clustermesh-peers"]
+    assert {"--clustermesh-resource=kubernetes", "--clustermesh-namespace=clustermesh-peers",
+            f"--peer-tls-dir={deploy_render.AGENT_PEER_TLS}"} <= set(agent["args"])
+    assert not any(arg.startswith("--mesh-config") for arg in agent["args"])
+    assert {"name": "peer-tls", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}} in pod["volumes"]
+    assert {"name": "peer-tls", "mountPath": str(deploy_render.AGENT_PEER_TLS)} in agent["volumeMounts"]
+    # Probes on the health endpoints, never on the peers' state.
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    health = {port["name"]: port["containerPort"] for port in agent["ports"]}["health"]
+    assert f"--health-listen=0.0.0.0:{health}" in agent["args"]
+
+    roles = [doc for doc in files[deploy_render.RBAC_FILE] if doc["kind"] in ("Role", "RoleBinding")]
+    assert {(doc["kind"], doc["metadata"]["namespace"]) for doc in roles} == {
+        ("Role", "clustermesh-peers"), ("RoleBinding", "clustermesh-peers")}
+    [role] = [doc for doc in roles if doc["kind"] == "Role"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}]
+
+
+def test_the_mesh_config_alternative_mounts_the_peers_secret_and_reads_no_secret() -> None:
+    options = OPTION_SETS["mesh-config"]
+    files = deploy_render.render(options, None)
+    pod, agent = _agent_container(options)
+    assert f"--mesh-config={deploy_render.AGENT_MESH_CONFIG}" in agent["args"]
+    assert not any(arg.startswith(("--clustermesh", "--peer-tls-dir")) for arg in agent["args"])
+    assert {"name": "mesh-config", "secret": {"secretName": deploy_render.PEERS_SECRET, "defaultMode": 0o440,
+                                              "optional": True}} in pod["volumes"]
+    assert [doc["metadata"]["name"] for doc in files[deploy_render.NAMESPACE_FILE]] == ["clustermesh"]
+    resources = {resource for doc in files[deploy_render.RBAC_FILE] if "rules" in doc
+                 for rule in doc["rules"] for resource in rule["resources"]}
+    assert not resources & {"secrets", "clustermeshes"}
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
 
 
 def test_pvc_storage_claims_a_volume_and_recreates_the_pod() -> None:
@@ -217,6 +268,10 @@ def test_a_state_directory_of_another_cluster_is_refused(tmp_path: pathlib.Path)
         ({"pod_cidrs": ("10.0.0.0/33",)}, "--pod-cidr"),
         ({"etcd_storage_size": "lots"}, "--etcd-storage-size"),
         ({"image": "has space"}, "--image"),
+        ({"peer_namespace": "clustermesh"}, "--peer-namespace: must differ from --namespace"),
+        ({"peer_namespace": "Not-A-Label"}, "--peer-namespace"),
+        ({"namespace": "n" * 60}, "--peer-namespace: 'nnn"),
+        ({"peer_namespace": "peers", "peer_source": deploy_render.PeerSource.MESH_CONFIG}, "applies only with"),
     ],
 )
 def test_invalid_options_are_refused(changes: dict[str, Any], message: str) -> None:
@@ -257,6 +312,8 @@ def test_cli_writes_applyable_files_and_keeps_secrets_private(tmp_path: pathlib.
         ("--cluster-name", "cluster-a", "--cluster-id", "1", "--etcd-storage", "hostpath"),
         ("--cluster-name", "cluster-a", "--cluster-id", "1", "--rotate", "--force"),
         ("--cluster-name", "cluster-a", "--cluster-id", "1", "--san", "not a name"),
+        ("--cluster-name", "cluster-a", "--cluster-id", "1", "--peer-source", "files"),
+        ("--cluster-name", "cluster-a", "--cluster-id", "1", "--peer-namespace", "clustermesh"),
     ],
 )
 def test_cli_exits_2_on_invalid_options(tmp_path: pathlib.Path, args: tuple[str, ...],

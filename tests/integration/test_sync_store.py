@@ -1,15 +1,23 @@
-"""SyncStore and LeasePool against a real etcd: coalescing, skipping unchanged values, leases, sweep, canary.
+"""SyncStore and LeasePool against a real etcd: coalescing, skipping unchanged values, leases, sweep, canary;
+pipelining (a bounded number of transactions in flight, never two writes of one key in flight, a later write of
+a key landing after an earlier one, failures and a lost lease while in flight, ClusterIDChanged ending run()).
 
-Excludes: what the apiserver publishes (tests/apiserver), reading (test_watch_store.py).
+Transactions are held and failed by wrapping the real client (GatedClient). Excludes: what the apiserver
+publishes (tests/apiserver), reading (test_watch_store.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 
+from clustermesh import errors
+from clustermesh.aio import backoff
 from clustermesh.etcd import client as etcd_client
 from clustermesh.etcd import lease as etcd_lease
 from clustermesh.etcd import sync_store
@@ -153,3 +161,257 @@ async def test_restarted_writer_adopts_lease_and_rewrites_nothing(admin) -> None
         store.upsert(b"r/new", b"v")
         await asyncio.wait_for(store.flush(), 10)
     assert (await admin.get(b"r/new")).lease == lease
+
+
+# --- pipelining: several transactions in flight, per-key order kept ---------------------------------------------
+
+
+class GatedClient:
+    """The real client, with its transactions held at gates and watched: how many are in flight, which keys.
+
+    txn() waits at `before` (not yet sent) and, once etcd has answered, at `after` (landed, not yet reported);
+    a StoreError queued in `failures` fails the next transaction to pass `before`, unsent. Everything else
+    delegates.
+    """
+
+    def __init__(self, client: etcd_client.EtcdClient) -> None:
+        self._client = client
+        self.before = asyncio.Event()
+        self.after = asyncio.Event()
+        self.before.set()
+        self.after.set()
+        self.failures: list[errors.StoreError] = []
+        self.inflight = 0
+        self.max_inflight = 0
+        self.keys_inflight: collections.Counter[bytes] = collections.Counter()
+        self.shared_keys: set[bytes] = set()
+        self.sent: list[list[bytes]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+    async def txn(self, success: list[etcd_client.Op], **kwargs: Any) -> etcd_client.TxnResult:
+        keys = [getattr(op.request, op.request.WhichOneof("request")).key for op in success]
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        self.shared_keys.update(key for key in keys if self.keys_inflight[key])
+        self.keys_inflight.update(keys)
+        try:
+            await self.before.wait()
+            if self.failures:
+                raise self.failures.pop(0)
+            self.sent.append(keys)
+            result = await self._client.txn(success, **kwargs)
+            await self.after.wait()
+            return result
+        finally:
+            self.inflight -= 1
+            self.keys_inflight.subtract(keys)
+
+
+def gated_store(
+    gated: GatedClient,
+    leases: etcd_lease.LeasePool | None,
+    *,
+    prefix: bytes,
+    canary: tuple[bytes, Callable[[], bytes]] | None = None,
+    retry: backoff.Backoff | None = None,
+    max_inflight: int = sync_store.DEFAULT_MAX_INFLIGHT,
+) -> sync_store.SyncStore:
+    """A SyncStore writing through gated, which stands in for the client it wraps."""
+    client = cast(etcd_client.EtcdClient, gated)
+    return sync_store.SyncStore(client, leases, prefix=prefix, canary=canary, retry=retry, max_inflight=max_inflight)
+
+
+async def put_values(client: etcd_client.EtcdClient, key: bytes, start: int, end: int) -> list[bytes]:
+    """The values key was put with in revisions [start, end], in order, from etcd's history."""
+    values: list[bytes] = []
+
+    async def consume() -> None:
+        async for batch in etcd_watch.Watch.prefix(client, key, start_revision=start, progress_notify=False):
+            values.extend(e.value for e in batch.events if e.key == key and e.type is etcd_watch.EventType.PUT)
+            if batch.revision >= end and (not batch.events or batch.events[-1].mod_revision >= end):
+                return
+
+    await asyncio.wait_for(consume(), 10)
+    return values
+
+
+def fast_retry() -> backoff.Backoff:
+    return backoff.Backoff(initial=0.01, maximum=0.02)
+
+
+async def test_transactions_in_flight_are_bounded_and_never_share_a_key(admin) -> None:
+    gated = GatedClient(admin)
+    gated.before.clear()
+    store = gated_store(gated, None, prefix=b"p/", max_inflight=3)
+    for i in range(1000):
+        store.upsert(f"p/{i:04}".encode(), b"1")
+    async with running(store):
+        await eventually(lambda: gated.inflight == 3)
+        # Keys in flight written again: queued behind their transaction, not sent alongside it.
+        for i in range(0, 1000, 7):
+            store.upsert(f"p/{i:04}".encode(), b"2")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert store.inflight == 3 and gated.inflight == 3
+        gated.before.set()
+        await asyncio.wait_for(store.flush(), 20)
+    assert gated.max_inflight == 3 and not gated.shared_keys
+    assert all(len(keys) <= etcd_client.MAX_TXN_OPS for keys in gated.sent)
+    kvs = {kv.key: kv.value for kv in (await admin.list_prefix(b"p/")).kvs}
+    assert kvs == {f"p/{i:04}".encode(): b"2" if i % 7 == 0 else b"1" for i in range(1000)}
+
+
+async def test_later_write_of_a_key_lands_after_the_one_in_flight(admin) -> None:
+    gated = GatedClient(admin)
+    store = gated_store(gated, None, prefix=b"o/")
+    start = (await admin.status()).revision + 1
+    gated.after.clear()
+    async with running(store):
+        store.upsert(b"o/k", b"first")
+        await eventually(lambda: gated.sent == [[b"o/k"]])
+        # The first put has landed in etcd but the store has not heard back yet: the second must wait.
+        store.upsert(b"o/k", b"second")
+        store.upsert(b"o/other", b"x")
+        await eventually(lambda: [b"o/other"] in gated.sent)
+        assert [b"o/k"] == gated.sent[0] and store.pending == 1
+        gated.after.set()
+        await asyncio.wait_for(store.flush(), 10)
+    end = (await admin.status()).revision
+    assert await put_values(admin, b"o/k", start, end) == [b"first", b"second"]
+    assert not gated.shared_keys and store.puts == 3
+
+
+async def test_upsert_of_the_value_in_flight_is_skipped_and_delete_in_flight_is_kept(admin) -> None:
+    gated = GatedClient(admin)
+    gated.before.clear()
+    store = gated_store(gated, None, prefix=b"s/")
+    async with running(store):
+        store.upsert(b"s/a", b"1")
+        await eventually(lambda: gated.inflight == 1)
+        store.upsert(b"s/a", b"2")
+        store.upsert(b"s/a", b"1")  # back to what the transaction in flight writes: nothing more to do
+        assert store.pending == 0 and store.skipped == 1
+        store.upsert(b"s/b", b"1")
+        await eventually(lambda: gated.inflight == 2)
+        store.delete(b"s/b")  # its first put is still in flight: the delete must follow it
+        assert store.pending == 1
+        gated.before.set()
+        await asyncio.wait_for(store.flush(), 10)
+    assert (await admin.get(b"s/a")).value == b"1"
+    assert await admin.get(b"s/b") is None
+    assert (store.puts, store.deletes) == (2, 1)
+
+
+async def test_failed_transaction_is_queued_again_and_the_latest_value_wins(admin) -> None:
+    gated = GatedClient(admin)
+    gated.before.clear()
+    gated.failures.append(errors.StoreUnavailable("injected"))
+    store = gated_store(gated, None, prefix=b"f/", retry=fast_retry())
+    start = (await admin.status()).revision + 1
+    async with running(store):
+        store.upsert(b"f/k", b"old")
+        await eventually(lambda: gated.inflight == 1)
+        store.upsert(b"f/k", b"new")  # queued behind the transaction in flight, which then fails
+        gated.before.set()
+        await asyncio.wait_for(store.flush(), 10)
+    end = (await admin.status()).revision
+    assert await put_values(admin, b"f/k", start, end) == [b"new"]
+    assert store.puts == 1 and store.failures == 1 and store.last_error.endswith("injected")
+
+
+async def test_cluster_id_changed_ends_run_and_cancels_the_transactions_in_flight(admin) -> None:
+    gated = GatedClient(admin)
+    gated.after.clear()
+    store = gated_store(gated, None, prefix=b"c/")
+    for i in range(500):
+        store.upsert(f"c/{i:03}".encode(), b"v")
+    gated.failures.append(errors.ClusterIDChanged(1, 2))
+    with pytest.raises(errors.ClusterIDChanged):
+        await asyncio.wait_for(store.run(), 10)
+    # The others were cancelled while in flight: nothing stays in flight, nothing counts as written (what etcd
+    # holds is void), every key is queued again, and run() may be called anew.
+    assert store.inflight == 0 and gated.inflight == 0 and len(gated.sent) == 3
+    assert store.pending == 500 and store.puts == 0 and store.failures == 0
+    gated.after.set()
+    async with running(store):
+        await asyncio.wait_for(store.flush(), 10)
+    assert len((await admin.list_prefix(b"c/")).kvs) == 500
+
+
+async def test_sync_waits_for_every_transaction_in_flight(admin) -> None:
+    await admin.put(b"y/left-over", b"from an earlier run")
+    gated = GatedClient(admin)
+    gated.after.clear()
+    store = gated_store(gated, None, prefix=b"y/", canary=(b"synced/y", lambda: b"2026-01-01T00:00:00Z"))
+    for i in range(600):
+        store.upsert(f"y/{i:03}".encode(), b"v")
+    store.mark_synced()
+    async with running(store):
+        await eventually(lambda: gated.inflight == sync_store.DEFAULT_MAX_INFLIGHT)
+        assert not store.synced.is_set() and await admin.get(b"synced/y") is None
+        gated.after.set()
+        await asyncio.wait_for(store.synced.wait(), 10)
+    assert await admin.get(b"y/left-over") is None
+    assert len((await admin.list_prefix(b"y/")).kvs) == 600
+    assert await admin.get(b"synced/y") is not None
+
+
+async def test_put_landing_on_a_lease_lost_meanwhile_is_written_again(admin) -> None:
+    gated = GatedClient(admin)
+    leases = etcd_lease.LeasePool(admin, ttl=30)
+    store = gated_store(gated, leases, prefix=b"l/", retry=fast_retry())
+    async with running(leases, store):
+        store.upsert(b"l/a", b"1")
+        await asyncio.wait_for(store.flush(), 10)
+        (lease,) = leases.leases
+        gated.after.clear()
+        store.upsert(b"l/b", b"1")
+        await eventually(lambda: gated.sent[-1] == [b"l/b"])
+        # l/b has landed on the lease, but the store has not heard back when the lease is found gone.
+        await admin.lease_revoke(lease)
+        await leases.verify()
+        gated.after.set()
+
+        async def both_on_a_new_lease() -> bool:
+            kvs = (await admin.list_prefix(b"l/")).kvs
+            return {kv.key for kv in kvs} == {b"l/a", b"l/b"} and all(kv.lease not in (0, lease) for kv in kvs)
+
+        await eventually(both_on_a_new_lease, timeout=10)
+        await asyncio.wait_for(store.flush(), 10)
+        # What the store believes etcd holds matches etcd: the same values are not written again.
+        puts = store.puts
+        store.upsert(b"l/a", b"1")
+        store.upsert(b"l/b", b"1")
+        assert store.pending == 0 and store.puts == puts
+
+
+def test_max_inflight_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_inflight"):
+        sync_store.SyncStore(cast(etcd_client.EtcdClient, object()), None, prefix=b"x/", max_inflight=0)
+
+
+async def test_delete_in_flight_when_its_lease_is_lost_is_not_undone(admin) -> None:
+    gated = GatedClient(admin)
+    leases = etcd_lease.LeasePool(admin, ttl=30)
+    store = gated_store(gated, leases, prefix=b"d/", retry=fast_retry())
+    async with running(leases, store):
+        store.upsert(b"d/a", b"1")
+        store.upsert(b"d/b", b"1")
+        await asyncio.wait_for(store.flush(), 10)
+        (lease,) = leases.leases
+        gated.after.clear()
+        store.delete(b"d/a")
+        await eventually(lambda: gated.sent[-1] == [b"d/a"])
+        await admin.lease_revoke(lease)
+        await leases.verify()
+        gated.after.set()
+
+        async def b_republished() -> bool:
+            kv = await admin.get(b"d/b")
+            return kv is not None and kv.lease != lease
+
+        await eventually(b_republished, timeout=10)
+        await asyncio.wait_for(store.flush(), 10)
+    assert await admin.get(b"d/a") is None

@@ -1,8 +1,9 @@
 """WatchStore against a real etcd: the consumer always ends with exactly the server's state.
 
 Covers: initial list + watch, every change seen; a disconnect (through a TCP proxy that cuts the connection,
-and an etcd kill+restart) during which keys are deleted and changed — deletes are delivered after the relist;
-compaction past the consumer's revision while it is disconnected; sibling prefixes never leak in; drain; misuse.
+and an etcd kill+restart) during which keys are deleted and changed — deletes are delivered after the relist,
+and only what changed is delivered again (lists paged); compaction past the consumer's revision while it is
+disconnected; sibling prefixes never leak in; drain; misuse.
 Excludes: validation of values (the agent's job), the writer (test_sync_store.py).
 """
 
@@ -25,11 +26,13 @@ class RecordingObserver:
 
     def __init__(self) -> None:
         self.state: dict[bytes, bytes] = {}
+        self.upserted: list[bytes] = []
         self.deleted: list[bytes] = []
         self.list_done = 0
 
     def on_upsert(self, key: bytes, value: bytes) -> None:
         self.state[key] = value
+        self.upserted.append(key)
 
     def on_delete(self, key: bytes) -> None:
         assert key in self.state, f"delete for unknown key {key!r}"
@@ -128,6 +131,30 @@ async def test_deletes_while_disconnected_are_delivered_after_relist(admin, prox
         await eventually(lambda: observer.state == expected, timeout=10)
         assert sorted(observer.deleted) == sorted(f"d/{i}".encode() for i in range(0, 50, 2))
         assert observer.state[b"d/1"] == b"v2"
+
+
+async def test_relist_delivers_only_what_changed(admin, proxied, proxy) -> None:
+    for i in range(30):
+        await admin.put(f"p/{i:02}".encode(), b"v1")
+    observer = RecordingObserver()
+    store = watch_store.WatchStore(proxied, b"p/", observer, page_size=7, retry=fast_retry())
+    async with running(store):
+        assert sorted(observer.upserted) == sorted(f"p/{i:02}".encode() for i in range(30)), "5 pages, once each"
+        assert b"p/03" in store and b"p/99" not in store and b"q/03" not in store
+        await admin.put(b"p/01", b"v2")  # through the watch: the store's revision moves past it
+        await eventually(lambda: observer.state[b"p/01"] == b"v2")
+        proxy.set_mode(tcp_proxy.Mode.REJECT)
+        await eventually(lambda: store.state is not watch_store.State.WATCHING)
+        observer.upserted.clear()
+        await admin.put(b"p/02", b"v2")
+        await admin.delete(b"p/03")
+        await admin.put(b"p/new", b"v1")
+        lists_before = store.lists
+        proxy.set_mode(tcp_proxy.Mode.FORWARD)
+        await eventually(lambda: store.lists > lists_before and store.state is watch_store.State.WATCHING)
+        assert observer.state == await server_state(admin, b"p/")
+        assert sorted(observer.upserted) == [b"p/02", b"p/new"], "unchanged keys are not delivered again"
+        assert observer.deleted == [b"p/03"] and len(store) == 30
 
 
 async def test_compaction_while_disconnected_relists_and_sweeps(admin, proxied, proxy) -> None:

@@ -3,14 +3,17 @@
 The real kube-apiserver cannot be installed here, so `FakeAPIServer` stands in for it: HTTP/1.1 from
 `http.server` in threads on 127.0.0.1:0, serving paginated lists (`limit`/`continue` over one snapshot),
 chunked watch streams of `{"type": ..., "object": ...}` lines resumed from `resourceVersion`, BOOKMARK
-events, 410 Gone for a compacted resourceVersion (as a watch ERROR event or as the HTTP status), and Status
-errors (404 for a CRD that is not installed, 403). The source reaches it through a kubeconfig file and the
-unmodified official client. Its state (`FakeCluster`) outlives a server, so a restart keeps the history.
+events, 410 Gone for a compacted resourceVersion (as a watch ERROR event or as the HTTP status), Status
+errors (404 for a CRD that is not installed, 403), and the `metadata.name=NAME` field selector on lists and
+watches. The source reaches it through a kubeconfig file and the unmodified official client. Its state
+(`FakeCluster`) outlives a server, so a restart keeps the history. Collections are served by path, so a
+namespaced collection (the Secrets of one namespace) is a Resource of its own.
 
 Covered: initial list and SYNCED, pagination, watch events and object shape, bookmarks advancing the resume
 point, 410 → relist with deletes only for objects that vanished during the gap (both forms), API server
 restart, retry of API errors, an absent ServiceExport CRD installed later, cancellation while a watch is idle
-and while the sink is stalled, a bad kubeconfig. Not covered: TLS and authentication (the client's own) and
+and while the sink is stalled, a bad kubeconfig, a source scoped to one namespace and name (field selector on
+every request; kinds that cannot be read in a scope refused). Not covered: TLS and authentication (the client's own) and
 in-cluster configuration.
 """
 
@@ -66,7 +69,22 @@ SERVICE_EXPORTS = Resource(
     "ServiceExport",
     builtin=False,
 )
-RESOURCES = {resource.path: resource for resource in (NODES, SERVICES, SERVICE_EXPORTS)}
+CLUSTER_MESHES = Resource("/apis/cilium.io/v2alpha1/clustermeshes", "cilium.io/v2alpha1", "ClusterMesh", builtin=False)
+PEER_NAMESPACE = "clustermesh-peers"
+PEER_SECRETS = Resource(f"/api/v1/namespaces/{PEER_NAMESPACE}/secrets", "v1", "Secret")
+RESOURCES = {
+    resource.path: resource for resource in (NODES, SERVICES, SERVICE_EXPORTS, CLUSTER_MESHES, PEER_SECRETS)
+}
+
+
+def _field_selector(query: dict[str, str]) -> Callable[[dict[str, Any]], bool]:
+    """Which objects a request's fieldSelector selects; the fake knows `metadata.name=NAME`, what sources send."""
+    selector = query.get("fieldSelector")
+    if not selector:
+        return lambda obj: True
+    field, _, value = selector.partition("=")
+    assert field == "metadata.name", f"the fake does not support fieldSelector={selector}"
+    return lambda obj: bool(obj["metadata"]["name"] == value)
 
 
 class FakeCluster:
@@ -219,17 +237,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _list(self, resource: Resource, query: dict[str, str]) -> None:
         cluster = self.server.cluster
         limit = int(query.get("limit", "0"))
+        selected = _field_selector(query)
+        collection = f"{resource.path}?{query.get('fieldSelector', '')}"
         with cluster.changed:
             if "continue" in query:
                 snapshot, offset = (int(part) for part in query["continue"].split(":"))
                 if snapshot < cluster.compacted:
                     self._status(410, "Expired", "The provided continue parameter is too old")
                     return
-                items = cluster.snapshots[(snapshot, resource.path)]
+                items = cluster.snapshots[(snapshot, collection)]
             else:
                 snapshot, offset = cluster.resource_version, 0
-                items = [copy.deepcopy(obj) for _, obj in sorted(cluster.objects[resource.path].items())]
-                cluster.snapshots[(snapshot, resource.path)] = items
+                items = [
+                    copy.deepcopy(obj) for _, obj in sorted(cluster.objects[resource.path].items()) if selected(obj)
+                ]
+                cluster.snapshots[(snapshot, collection)] = items
         end = offset + limit if limit else len(items)
         metadata = {"resourceVersion": str(snapshot)}
         if end < len(items):
@@ -247,6 +269,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _watch(self, resource: Resource, query: dict[str, str]) -> None:
         cluster = self.server.cluster
         self._position = int(query["resourceVersion"])
+        self._selected = _field_selector(query)
         bookmarks_allowed = query.get("allowWatchBookmarks") == "true"
         self._deadline = time.monotonic() + int(query.get("timeoutSeconds", "1800"))
         with cluster.changed:
@@ -309,7 +332,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         lines: list[dict[str, Any]] = [
             {"type": change, "object": obj}
             for version, path, change, obj in cluster.history
-            if version > self._position and path == resource.path
+            if version > self._position and path == resource.path and self._selected(obj)
         ]
         self._position = cluster.resource_version
         if cluster.bookmarks != self._bookmarks_seen:
@@ -647,3 +670,49 @@ async def test_an_unusable_kubeconfig_is_a_config_error(tmp_path: Path, recorder
 
     with pytest.raises(ConfigError, match="cannot load the Kubernetes configuration"):
         await source_for(kubeconfig).run(recorder)
+
+
+def peer_secret(name: str, value: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": PEER_NAMESPACE}, "type": "Opaque", "data": {"v": value}}
+
+
+async def test_a_source_scoped_to_one_name_reads_that_object_only(
+    cluster: FakeCluster, kubeconfig: Path, recorder: Recorder, start: Start
+) -> None:
+    cluster.put(PEER_SECRETS, peer_secret("wanted", "MQ=="))
+    cluster.put(PEER_SECRETS, peer_secret("other", "MQ=="))
+    source = kubernetes_api.KubernetesAPISource(
+        kubeconfig, kinds=[kube.ConfigKind.SECRET], namespace=PEER_NAMESPACE, name="wanted", options=FAST
+    )
+    key = kube.ObjectKey(kube.ConfigKind.SECRET, PEER_NAMESPACE, "wanted")
+
+    await start(source, recorder)
+    assert set(recorder.state()) == {key}
+
+    cluster.put(PEER_SECRETS, peer_secret("other", "Mg=="))
+    changed = cluster.put(PEER_SECRETS, peer_secret("wanted", "Mg=="))
+    await recorder.wait_for(lambda: recorder.state().get(key) == changed)
+    cluster.delete(PEER_SECRETS, "wanted", PEER_NAMESPACE)
+    await recorder.wait_for_event(DELETE, key)
+
+    assert {item.key for item in recorder.events()} == {key}
+    requests = cluster.lists(PEER_SECRETS) + cluster.watches(PEER_SECRETS)
+    assert len(requests) >= 2, "a list, then a watch"
+    # What RBAC needs to authorize the requests by resourceNames.
+    assert all(query["fieldSelector"] == "metadata.name=wanted" for query in requests), requests
+
+
+@pytest.mark.parametrize(
+    ("kind", "namespace", "name"),
+    [
+        (kube.ConfigKind.SECRET, None, None),  # never every Secret of a cluster
+        (kube.Kind.NODE, "default", None),  # not readable one namespace at a time
+        (kube.ConfigKind.SECRET, None, "wanted"),  # a name needs its namespace
+        (kube.ConfigKind.SECRET, PEER_NAMESPACE, ""),
+    ],
+)
+def test_a_kind_outside_its_scope_is_a_programming_error(
+    kind: kube.AnyKind, namespace: str | None, name: str | None
+) -> None:
+    with pytest.raises(ValueError):
+        kubernetes_api.KubernetesAPISource(None, kinds=[kind], namespace=namespace, name=name)

@@ -58,6 +58,16 @@ def test_bad_specs_are_config_errors_naming_the_spec(spec: str, message: str) ->
     assert str(caught.value).startswith(message)
 
 
+def test_a_kubernetes_spec_names_its_kubeconfig(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    assert kube.parse_kubernetes_spec("kubernetes") is None
+    assert kube.parse_kubernetes_spec(f"kubernetes:{kubeconfig}") == kubeconfig
+    for spec in ("", "kubernetes:", "manifests:/tmp", f"kubernetes:{tmp_path / 'nope'}"):
+        with pytest.raises(ConfigError, match=repr(spec)):
+            kube.parse_kubernetes_spec(spec)
+
+
 @pytest.mark.parametrize("kinds", [[], ["Deployment"], ["node"]])
 def test_a_bad_kinds_filter_is_a_programming_error(tmp_path: Path, kinds: list[str]) -> None:
     with pytest.raises(ValueError):

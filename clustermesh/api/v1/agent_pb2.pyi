@@ -278,12 +278,14 @@ class LookupIPResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., entry: _Optional[_Union[IPCacheEntry, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("kinds", "skip_initial")
+    __slots__ = ("kinds", "skip_initial", "max_batch")
     KINDS_FIELD_NUMBER: _ClassVar[int]
     SKIP_INITIAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     kinds: _containers.RepeatedScalarFieldContainer[str]
     skip_initial: bool
-    def __init__(self, kinds: _Optional[_Iterable[str]] = ..., skip_initial: _Optional[bool] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, kinds: _Optional[_Iterable[str]] = ..., skip_initial: _Optional[bool] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
     __slots__ = ("type", "kind", "cluster", "key", "node", "identity", "ipcache", "service", "timestamp_unix")
@@ -314,3 +316,9 @@ class WatchEvent(_message.Message):
     service: Service
     timestamp_unix: float
     def __init__(self, type: _Optional[_Union[WatchEvent.Type, str]] = ..., kind: _Optional[str] = ..., cluster: _Optional[str] = ..., key: _Optional[str] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., ipcache: _Optional[_Union[IPCacheEntry, _Mapping]] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., timestamp_unix: _Optional[float] = ...) -> None: ...
+
+class WatchEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[WatchEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ...) -> None: ...

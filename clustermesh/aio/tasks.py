@@ -1,0 +1,33 @@
+"""Ending tasks an owner holds: cancel them and wait until they have really ended, cancelled or not.
+
+An owner that stops its children in a `finally` must not leave them running because it was cancelled a second
+time while waiting (kopf's `aiotasks.stop`; Cilium's `Stop()` = cancel + wait). Both helpers wait through
+cancellation and re-raise it once every awaited future is done. Neither raises the futures' own exceptions nor
+marks them retrieved: the owner decides what a failure means (log it, raise it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from typing import Any
+
+
+async def stop(tasks: Collection[asyncio.Future[Any]]) -> None:
+    """Cancel every task, then wait_ended() for them all."""
+    for task in tasks:
+        task.cancel()
+    await wait_ended(tasks)
+
+
+async def wait_ended(futures: Collection[asyncio.Future[Any]]) -> None:
+    """Return once every future is done; if cancelled meanwhile, keep waiting, then raise CancelledError."""
+    cancelled = False
+    pending = {future for future in futures if not future.done()}
+    while pending:
+        try:
+            _, pending = await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
