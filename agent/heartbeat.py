@@ -114,7 +114,10 @@ class Heartbeat:
         # been written just before, and a gap across a reconnect says nothing about the writer.
         if live:
             if self._watched_change is not None:
-                self.interval = now - self._watched_change
+                # Keep the largest gap seen: a restarted writer beats at once, and a short gap across its
+                # restart must not shrink the timeout below the writer's real interval (false losses forever).
+                gap = now - self._watched_change
+                self.interval = gap if self.interval is None else max(self.interval, gap)
             self._watched_change = now
         self._revision = revision
         self.last_change = now

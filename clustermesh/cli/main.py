@@ -12,14 +12,14 @@ import sys
 from collections.abc import Sequence
 
 from clustermesh import __version__, errors
-from clustermesh.cli import agent_commands, certs, connect, deploy, etcd_init, kv, output, up, wireguard
+from clustermesh.cli import agent_commands, certs, connect, deploy, drill, etcd_init, kv, output, up, wireguard
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-SUBCOMMANDS = (certs, kv, agent_commands, deploy, etcd_init, up, connect, wireguard)
+SUBCOMMANDS = (certs, kv, agent_commands, deploy, etcd_init, up, connect, wireguard, drill)
 
 
 def build_parser() -> argparse.ArgumentParser:
