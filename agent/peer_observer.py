@@ -117,7 +117,8 @@ class PeerObserver:
     """Feeds one kind of one peer into the cache. Called from the WatchStore's task; never blocks.
 
     bind() must be called before the store runs and again whenever the peer's identity is re-read. Fields
-    are mutated only from the event loop, by the store's callbacks and the owning connection.
+    are mutated only from the event loop, by the store's callbacks and the owning connection. `shared` is the
+    peer's table of repeated values (one per peer, given to each of its observers; by default its own).
     """
 
     def __init__(

@@ -255,6 +255,7 @@ class RemoteCluster:
         self._tick = min(1.0, max(0.05, options.keepalive_interval / 4))
         self._invalid = peer_observer.InvalidRecords()
         claims = _NodeClaims(self.name, pod_cidrs, self._on_conflict)
+        shared = peer_observer.Shared()
         self._observers = {
             kind: peer_observer.PeerObserver(
                 kind,
@@ -264,6 +265,7 @@ class RemoteCluster:
                 clock=clock,
                 on_listed=self._on_listed,
                 node_claims=claims if kind is Kind.NODES else None,
+                shared=shared,
             )
             for kind in Kind
         }

@@ -2,16 +2,21 @@
 
 Fills one etcd with 25 peer clusters in KVStoreMesh's cache layout (`cilium/cache/<kind>/v1/<cluster>/...`,
 with cluster configs, canaries and a heartbeat): 110,000 ipcache entries, 10,000 nodes, 10,000 identities and
-2,500 global services of 10 backends (a fifth of that with --quick). Then, in the same run:
+2,500 global services of 10 backends. With --quick, 5 of those clusters: a fifth of the keys with the same
+per-peer sizes, so the per-entry figures stay comparable (25 peers of a fifth of the size would leave the fixed
+per-peer costs, a TLS connection and ~0.5 MB each, dominating both ratios). Then, in the same run, ROUNDS times
+in turn (so both sides share the machine's moods; each side's figure is its best round, as a range read's
+has always been here):
 
   bare      a paginated range read of every key under `cilium/cache/` through clustermesh's etcd client;
   agent     in a fresh process, a Mesh with one peer file per cluster (all pointing at this etcd, as agents
             behind KVStoreMesh do), timed from run() to ready with every peer synced; RSS growth per cached
-            entry (from /proc/self/statm, so it includes the 25 connections and the watch stores' key index);
+            entry (from /proc/self/statm, so it includes the peer connections and the watch stores' index);
             and the ingest of one 10,000-backend service update, etcd put -> cache listener, p50 of several,
             against a bare put -> watch of the same value in the same process, rounds interleaved. The
             agent's own share (its ingest) is the median over rounds of the difference: etcd storing and
-            sending a 550 KB value is most of the end-to-end time.
+            sending a 550 KB value is most of the end-to-end time. Memory and ingest figures are medians
+            over the agent processes.
 
     python bench/agent_bootstrap.py [--quick] [--json FILE]
 """
@@ -25,6 +30,7 @@ import gc
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import time
@@ -41,7 +47,7 @@ from clustermesh.etcd import watch as etcd_watch
 from clustermesh.keys import Kind
 from clustermesh.mesh_config import PeerConfig
 
-CLUSTERS = 25
+CLUSTERS, QUICK_CLUSTERS = 25, 5
 FIRST_PEER_ID = 2
 LOCAL = mesh.LocalCluster(name="cluster-01", cluster_id=1, pod_cidrs=("10.1.0.0/16",))
 BACKENDS_PER_SERVICE = 10
@@ -49,13 +55,16 @@ BIG_SERVICE_BACKENDS = 10_000
 BIG_SERVICE_UPDATES = 15
 INFLIGHT_TXNS = 4
 SYNC_TIMEOUT = 120.0
+ROUNDS = 3
 
 
-def scale(quick: bool) -> dict[str, int]:
-    """Per-cluster counts; times 25 clusters, the totals of the module docstring."""
-    divisor = 5 if quick else 1
-    return {"nodes": 400 // divisor, "identities": 400 // divisor, "ipcache": 4400 // divisor,
-            "services": 100 // divisor}
+PER_CLUSTER = {"nodes": 400, "identities": 400, "ipcache": 4400, "services": 100}
+"""Records of each peer cluster; times 25 clusters, the totals of the module docstring."""
+
+
+def cluster_ids(quick: bool) -> range:
+    """The peer clusters' IDs."""
+    return range(FIRST_PEER_ID, FIRST_PEER_ID + (QUICK_CLUSTERS if quick else CLUSTERS))
 
 
 def cluster_name(cluster_id: int) -> str:
@@ -129,14 +138,23 @@ async def fill(client: etcd_client.EtcdClient, pairs: list[tuple[str, bytes]]) -
 
 
 async def bare_read(client: etcd_client.EtcdClient) -> tuple[float, int]:
-    """Best of three paginated reads of every cached key; (seconds, keys)."""
-    best, count = float("inf"), 0
-    for _ in range(3):
-        started = time.perf_counter()
-        result = await client.list_prefix(keys.subtree_prefix(keys.CACHE).encode())
-        best = min(best, time.perf_counter() - started)
-        count = len(result.kvs)
-    return best, count
+    """One paginated read of every cached key; (seconds, keys)."""
+    started = time.perf_counter()
+    result = await client.list_prefix(keys.subtree_prefix(keys.CACHE).encode())
+    return time.perf_counter() - started, len(result.kvs)
+
+
+async def agent_round(spec: dict[str, Any]) -> dict[str, Any]:
+    """agent_side() in a fresh interpreter, started with exec (never a fork of a gRPC process): its RSS is the
+    agent's."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--agent-side", json.dumps(spec), stdout=subprocess.PIPE,
+    )
+    out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"agent side failed with status {child.returncode}")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
 
 
 def rss_bytes() -> int:
@@ -159,7 +177,7 @@ async def agent_side(spec: dict[str, Any]) -> dict[str, Any]:
     files = tls.TLSFiles(ca=pathlib.Path(spec["ca"]), cert=pathlib.Path(spec["cert"]), key=pathlib.Path(spec["key"]))
     peers = {
         cluster_name(cid): PeerConfig(cluster_name(cid), etcd_client.EtcdConfig((spec["endpoint"],), tls=files), "v1")
-        for cid in range(FIRST_PEER_ID, FIRST_PEER_ID + CLUSTERS)
+        for cid in cluster_ids(spec["quick"])
     }
     cache = mesh_cache.MeshCache()
     agent = mesh.Mesh(LOCAL, cache, options=mesh.PeerOptions(sync_timeout=600))
@@ -265,37 +283,37 @@ async def big_update(
 
 async def run(quick: bool) -> dict[str, Any]:
     """Fill, read bare, bootstrap an agent in a child process; return the figures."""
-    counts = scale(quick)
+    counts = PER_CLUSTER
     async with harness.etcd_with_tls("bootstrap") as (process, cluster_certs):
         client = await harness.admin_client(process, cluster_certs)
         try:
             stamp = codec.encode_timestamp(datetime.datetime.now(datetime.UTC))
-            pairs = [pair for cid in range(FIRST_PEER_ID, FIRST_PEER_ID + CLUSTERS)
-                     for pair in cluster_records(cid, counts)]
+            pairs = [pair for cid in cluster_ids(quick) for pair in cluster_records(cid, counts)]
             fill_s = await fill(client, pairs)
-            meta = [pair for cid in range(FIRST_PEER_ID, FIRST_PEER_ID + CLUSTERS) for pair in cluster_meta(cid, stamp)]
+            meta = [pair for cid in cluster_ids(quick) for pair in cluster_meta(cid, stamp)]
             await fill(client, [*meta, (keys.HEARTBEAT_KEY, stamp)])
-            bare_s, bare_keys = await bare_read(client)
+            spec = {"endpoint": process.endpoint, "ca": str(cluster_certs.admin.ca), "quick": quick,
+                    "cert": str(cluster_certs.admin.cert), "key": str(cluster_certs.admin.key)}
+            bare_rounds, agent_rounds = [], []
+            for _ in range(ROUNDS):
+                bare_s, bare_keys = await bare_read(client)
+                bare_rounds.append(bare_s)
+                agent_rounds.append(await agent_round(spec))
         finally:
             await client.close()
-        spec = {"endpoint": process.endpoint, "ca": str(cluster_certs.admin.ca),
-                "cert": str(cluster_certs.admin.cert), "key": str(cluster_certs.admin.key)}
-        # A fresh interpreter, started with exec (never a fork of a gRPC process), so its RSS is the agent's.
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--agent-side", json.dumps(spec), stdout=subprocess.PIPE,
-        )
-        out, _ = await child.communicate()
-        if child.returncode != 0:
-            raise RuntimeError(f"agent side failed with status {child.returncode}")
-        agent = json.loads(out.decode().strip().splitlines()[-1])
+    agent = {key: statistics.median(round_[key] for round_ in agent_rounds) for key in agent_rounds[0]}
+    agent["agent_bootstrap_s"] = min(round_["agent_bootstrap_s"] for round_ in agent_rounds)
     return {
-        "clusters": CLUSTERS,
+        "clusters": len(cluster_ids(quick)),
         "per_cluster": counts,
         "keys": bare_keys,
         "fill_s": fill_s,
-        "bare_read_s": bare_s,
+        "rounds": ROUNDS,
+        "bare_read_s": min(bare_rounds),
+        "bare_read_rounds_s": bare_rounds,
+        "agent_bootstrap_rounds_s": [round_["agent_bootstrap_s"] for round_ in agent_rounds],
         **agent,
-        "bootstrap_ratio": agent["agent_bootstrap_s"] / bare_s,
+        "bootstrap_ratio": agent["agent_bootstrap_s"] / min(bare_rounds),
         "big_service_ingest_ratio": agent["big_service_put_to_cache_p50_ms"] / agent["bare_big_put_to_watch_p50_ms"],
         "agent_entries_per_s": agent["cached_entries"] / agent["agent_bootstrap_s"],
     }
@@ -305,8 +323,8 @@ def report(result: dict[str, Any]) -> None:
     """Print the figures as a table."""
     harness.print_table(f"agent bootstrap: {result['clusters']} clusters, KVStoreMesh layout, one etcd", [
         ("keys under cilium/cache/", result["keys"], ""),
-        ("bare paginated range read", result["bare_read_s"], "s"),
-        ("agent run() -> ready", result["agent_bootstrap_s"], "s"),
+        (f"bare paginated range read (best of {result['rounds']})", result["bare_read_s"], "s"),
+        (f"agent run() -> ready (best of {result['rounds']})", result["agent_bootstrap_s"], "s"),
         ("  ratio to bare read", result["bootstrap_ratio"], "x"),
         ("  cached entries", result["cached_entries"], ""),
         ("  ingest rate", result["agent_entries_per_s"], "entries/s"),
@@ -322,7 +340,7 @@ def report(result: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a fifth of the entries")
+    parser.add_argument("--quick", action="store_true", help="5 of the 25 clusters")
     parser.add_argument("--json", type=pathlib.Path, help="write the figures here")
     parser.add_argument("--agent-side", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -12,12 +12,19 @@ same: one connection and six watch streams per agent.
 Latency is from a put's send to the change reaching an agent's cache (a cache listener; clocks are the shared
 CLOCK_MONOTONIC), over every (change, agent) pair. Measured in order, same writer, same rate and duration:
 
-  single    one agent in one worker process;
-  fan-out   `--agents` agents in `--processes` worker processes;
+  single          one agent in one worker process;
+  fan-out         `--agents` agents in `--processes` worker processes;
+  bare single     one bare etcd watch of the prefix (the cheapest Python watcher there is);
+  bare fan-out    `--agents` of those in `--processes` worker processes;
+  bare            put->watch on the writing client;
 
-and the figure is fan-out p99 / single p99. The bare put->watch latency of the same writer is reported too.
+and the figure is fan-out p99 / single p99. Each set of watchers reports its CPU per change per watcher: what
+hosting the watchers costs this machine.
 
-    python bench/fanout.py [--quick] [--agents N] [--processes P] [--json FILE]
+With --linger MS the writer is a publisher that waits MS between transactions, so that each watch message
+carries the changes of MS (latency is then counted from when each change was due): fewer, larger messages.
+
+    python bench/fanout.py [--quick] [--agents N] [--processes P] [--linger MS] [--json FILE]
 """
 
 from __future__ import annotations
@@ -68,9 +75,9 @@ async def worker(spec: dict[str, Any]) -> None:
     arrivals: list[dict[str, float]] = [{} for _ in range(spec["watchers"])]
     async with asyncio.TaskGroup() as group:
         if spec["bare"]:
-            started = [await _bare_watcher(group, config, arrived) for arrived in arrivals]
+            started = [await _bare_watcher(group, config, arrived, index) for index, arrived in enumerate(arrivals)]
         else:
-            started = [_agent(group, config, arrived) for arrived in arrivals]
+            started = [_agent(group, config, arrived, index) for index, arrived in enumerate(arrivals)]
         for _ in range(int(READY_TIMEOUT / POLL_INTERVAL)):
             stuck = [status for _, waiting in started if (status := waiting())]
             if not stuck:
@@ -94,20 +101,24 @@ Started = tuple[asyncio.Task[None], Callable[[], str]]
 """A watcher's task, and what tells what it still waits for before it is synced ("" once it is)."""
 
 
-def _agent(group: asyncio.TaskGroup, config: etcd_client.EtcdConfig, arrived: dict[str, float]) -> Started:
+def _agent(
+    group: asyncio.TaskGroup, config: etcd_client.EtcdConfig, arrived: dict[str, float], index: int
+) -> Started:
     """Start an agent (a Mesh with the one peer) recording into arrived."""
     cache = mesh_cache.MeshCache()
     cache.subscribe(_recorder(arrived))
     agent = mesh.Mesh(mesh.LocalCluster(name=propagation.LOCAL, cluster_id=propagation.LOCAL_ID), cache,
                       options=mesh.PeerOptions(sync_timeout=READY_TIMEOUT))
     agent.set_peers({propagation.PEER: PeerConfig(propagation.PEER, config, "v1")})
-    task = group.create_task(agent.run(), name="mesh")
+    task = group.create_task(agent.run(), name=f"agent {index}")
     # Mesh readiness means settled (synced, or failed once: 50 TLS dials at once on a busy machine can time
     # out a few, which then retry), so poll for synced.
     return task, lambda: "; ".join(status.status for status in agent.statuses() if not status.ready)
 
 
-async def _bare_watcher(group: asyncio.TaskGroup, config: etcd_client.EtcdConfig, arrived: dict[str, float]) -> Started:
+async def _bare_watcher(
+    group: asyncio.TaskGroup, config: etcd_client.EtcdConfig, arrived: dict[str, float], index: int
+) -> Started:
     """Start a bare etcd watch of the ipcache prefix on its own connection, recording into arrived."""
     client = await etcd_client.EtcdClient.connect(config, timeout=READY_TIMEOUT)
     start = (await client.status()).revision + 1
@@ -122,7 +133,7 @@ async def _bare_watcher(group: asyncio.TaskGroup, config: etcd_client.EtcdConfig
         finally:
             await client.close()
 
-    return group.create_task(watch(), name="bare watch"), lambda: ""
+    return group.create_task(watch(), name=f"bare watch {index}"), lambda: ""
 
 
 def _recorder(arrived: dict[str, float]) -> mesh_cache.Listener:
@@ -202,7 +213,7 @@ class Outcome(NamedTuple):
 
 async def through_watchers(
     admin: etcd_client.EtcdClient, spec: dict[str, Any], *, watchers: int, processes: int, first: int, count: int,
-    bare: bool = False,
+    linger: float | None, bare: bool = False,
 ) -> Outcome:
     """What `watchers` agents (or bare watches) in `processes` processes see of `count` changes."""
     async with Workers({**spec, "bare": bare}, watchers, processes) as workers:
@@ -212,7 +223,7 @@ async def through_watchers(
             puts.append((ip, key, propagation.entry_value(ip)))
         sent: dict[str, float] = {}
         started = time.monotonic()
-        reached = await propagation.drive(admin, puts, sent, rate=RATE)
+        reached = await propagation.drive(admin, puts, sent, rate=RATE, linger=linger)
         # Let the last puts propagate: a change is missing only if it has not arrived after this.
         await asyncio.sleep(min(DRAIN_TIMEOUT, max(2.0, (time.monotonic() - started) / 4)))
         arrivals, cpu = await workers.arrivals()
@@ -221,7 +232,7 @@ async def through_watchers(
     return Outcome(latencies, reached, len(sent) * watchers - len(latencies), cpu / (count * watchers) * 1e6)
 
 
-async def run(quick: bool, agents: int, processes: int) -> dict[str, Any]:
+async def run(quick: bool, agents: int, processes: int, linger: float | None) -> dict[str, Any]:
     """Single agent, then the fan-out, then bare etcd, on one peer etcd; return the figures."""
     duration = 3.0 if quick else 10.0
     count = int(RATE * duration)
@@ -231,12 +242,13 @@ async def run(quick: bool, agents: int, processes: int) -> dict[str, Any]:
         await propagation.publish_peer(admin)
         files = peer_certs.remote
         spec = {"endpoint": peer.endpoint, "ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)}
-        single = await through_watchers(admin, spec, watchers=1, processes=1, first=0, count=count)
-        fanout = await through_watchers(admin, spec, watchers=agents, processes=processes, first=count, count=count)
+        single = await through_watchers(admin, spec, watchers=1, processes=1, first=0, count=count, linger=linger)
+        fanout = await through_watchers(
+            admin, spec, watchers=agents, processes=processes, first=count, count=count, linger=linger)
         bare_single = await through_watchers(
-            admin, spec, watchers=1, processes=1, first=2 * count, count=count, bare=True)
+            admin, spec, watchers=1, processes=1, first=2 * count, count=count, linger=linger, bare=True)
         bare_fanout = await through_watchers(
-            admin, spec, watchers=agents, processes=processes, first=3 * count, count=count, bare=True)
+            admin, spec, watchers=agents, processes=processes, first=3 * count, count=count, linger=linger, bare=True)
         bare_ms, _ = await propagation.bare(admin, RATE, duration)
     p99 = {name: harness.percentile(outcome.latencies_ms, 99)
            for name, outcome in (("single", single), ("fanout", fanout), ("bare_single", bare_single),
@@ -246,6 +258,7 @@ async def run(quick: bool, agents: int, processes: int) -> dict[str, Any]:
     result: dict[str, Any] = {
         "rate_per_s": RATE,
         "duration_s": duration,
+        "linger_ms": (linger or 0) * 1000,
         "agents": agents,
         "processes": processes,
         "agent_kind": "lightweight watchers sharing processes (a full agent.mesh.Mesh each, own etcd connection)",
@@ -281,7 +294,8 @@ def report(result: dict[str, Any]) -> None:
     """Print the figures as a table."""
     harness.print_table(
         f"fan-out: {result['agents']} agents in {result['processes']} processes, one peer etcd, "
-        f"{result['rate_per_s']} changes/s", [
+        f"{result['rate_per_s']} changes/s" + (f", writer lingering {result['linger_ms']:g} ms" if result["linger_ms"]
+                                                else ""), [
             ("bare put->watch p50 / p99", f"{result['bare_p50_ms']:,.2f} / {result['bare_p99_ms']:,.2f}", "ms"),
             ("single agent put->cache p50 / p99",
              f"{result['single_p50_ms']:,.2f} / {result['single_p99_ms']:,.2f}", "ms"),
@@ -308,13 +322,14 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=AGENTS, help=f"agents in the fan-out (default {AGENTS})")
     parser.add_argument("--processes", type=int, default=PROCESSES,
                         help=f"worker processes hosting them (default {PROCESSES})")
+    parser.add_argument("--linger", type=float, metavar="MS", help="the writer's wait between transactions")
     parser.add_argument("--json", type=pathlib.Path, help="write the figures here")
     parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         asyncio.run(worker(json.loads(args.worker)))
         return 0
-    result = asyncio.run(run(args.quick, args.agents, args.processes))
+    result = asyncio.run(run(args.quick, args.agents, args.processes, args.linger and args.linger / 1000))
     report(result)
     harness.write_json(args.json, {"benchmark": "fanout", "quick": args.quick, **result})
     return 0

@@ -639,12 +639,15 @@ def _read_ip_identity_named(
     # whose prefix string is the name has a key the full path accepts, so from there on both agree; anything
     # else returns None, for the full path to decide and word the reason (it checks the key first).
     try:
-        pair = _decode_json(key, data, _IP_IDENTITY)
-        _check_ips(key, "IP", (pair.ip,))
-        _check_ips(key, "HostIP", (pair.host_ip,), allow_empty=True)
-    except DecodeError:
+        pair = _IP_IDENTITY.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
-    if (pair.mask is not None and len(pair.mask) not in (4, 16)) or pair.prefix_string != name:
+    if (
+        not _ip_valid(pair.ip)
+        or (pair.host_ip and not _ip_valid(pair.host_ip))
+        or (pair.mask is not None and len(pair.mask) not in (4, 16))
+        or pair.prefix_string != name
+    ):
         return None
     if cluster_id is not None and not identity.in_cluster_range(pair.id, cluster_id, max_clusters):
         raise DecodeError(key, _out_of_range(pair.id, cluster_id))

@@ -158,9 +158,10 @@ class WatchStore:
         again. A failure part-way leaves the keys delivered so far known: they hold the listed revision's
         values, and the next list delivers again whatever changed after self.revision.
         """
-        # EtcdClient.list_prefix gathers every page before returning. An agent lists hundreds of prefixes at
-        # once, and whole prefixes held side by side (key, value, tuple, protobuf page) fragment the heap for
-        # good: a third of its RSS after a bootstrap, measured. Same requests, consumed as they come.
+        # Not EtcdClient.list_prefix, which gathers every page before returning: an agent lists a hundred
+        # prefixes at once, and would hold most of the mesh twice at the peak (keys, values, tuples, protobuf
+        # pages) and decode nothing until a whole prefix is in. The same requests, consumed as they come: each
+        # store holds one page, and decoding overlaps etcd serving the next (measured: bench/agent_bootstrap.py).
         kv_stub = rpc_pb2_grpc.KVStub(self.client.channel)
         end = keys.prefix_range_end(self.prefix)
         cut = len(self.prefix)
