@@ -27,6 +27,7 @@ import watchfiles
 import yaml
 
 from clustermesh import identity, tls
+from clustermesh.aio import tasks
 from clustermesh.errors import ConfigError
 from clustermesh.etcd import client as etcd_client
 
@@ -201,7 +202,7 @@ class MeshConfigWatcher:
                 await self._rescan()
         finally:
             stop.set()
-            await _join(watcher)
+            await tasks.join(watcher)
             self._running = False
 
     async def _watch(self, changed: asyncio.Event, stop: asyncio.Event) -> None:
@@ -286,17 +287,3 @@ def _read(path: pathlib.Path, local_cluster: str) -> PeerConfig | ConfigError | 
         return _parse(path, content)
     except ConfigError as exc:
         return exc
-
-
-async def _join(task: asyncio.Task[None]) -> None:
-    """Wait for `task` to end on its own (its stop event is set), even if we are cancelled again meanwhile."""
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            cancelled = True
-    if not task.cancelled():
-        task.exception()
-    if cancelled:
-        raise asyncio.CancelledError

@@ -31,3 +31,16 @@ async def wait_ended(futures: Collection[asyncio.Future[Any]]) -> None:
             cancelled = True
     if cancelled:
         raise asyncio.CancelledError
+
+
+async def join(task: asyncio.Future[Any]) -> None:
+    """Wait for task to end on its own (its owner has asked it to stop), even if cancelled meanwhile.
+
+    Its outcome is retrieved (a failure was reported by whoever noticed it, or is moot once stopping); a
+    cancellation received while waiting is re-raised once the task has ended.
+    """
+    try:
+        await wait_ended([task])
+    finally:
+        if task.done() and not task.cancelled():
+            task.exception()

@@ -32,6 +32,7 @@ from typing import Any
 import watchfiles
 import yaml
 
+from clustermesh.aio import tasks
 from clustermesh.errors import ConfigError, DecodeError
 from clustermesh.kube import emitter, event, objects
 
@@ -137,7 +138,7 @@ class ManifestSource:
                     raise RuntimeError(f"the file watcher of {self.directory} ended unexpectedly")
         finally:
             stop.set()
-            await _join(watcher)
+            await tasks.join(watcher)
 
     async def _watch(self, pending: _PendingChanges, stop: asyncio.Event) -> None:
         """Collect changed paths until `stop` is set; always wakes the consumer when it ends."""
@@ -195,21 +196,6 @@ class _PendingChanges:
         self._event.clear()
         paths, self._paths = frozenset(self._paths), set()
         return paths
-
-
-async def _join(task: asyncio.Task[None]) -> None:
-    """Wait for `task` to end on its own (its stop event is set), even if we are cancelled again meanwhile."""
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            cancelled = True
-    if not task.cancelled():
-        # Retrieve the outcome: a failure is reported by the loop that noticed it, or moot once we stop.
-        task.exception()
-    if cancelled:
-        raise asyncio.CancelledError
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
