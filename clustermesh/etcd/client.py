@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import NamedTuple
 
 import grpc
@@ -310,13 +310,16 @@ class EtcdClient:
         kv = resp.kvs[0]
         return KeyValue(kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.lease)
 
-    async def list_prefix(
+    async def list_pages(
         self, prefix: bytes, *, page_size: int = DEFAULT_PAGE_SIZE, keys_only: bool = False,
         timeout: float | None = None,
-    ) -> ListResult:
-        """Every key under prefix, read page by page at one pinned revision (a consistent snapshot)."""
+    ) -> AsyncIterator[tuple[int, Sequence[pb.KeyValue]]]:
+        """Every key under prefix as (revision, page) pairs, all pages read at one pinned revision.
+
+        For readers inside clustermesh/etcd that consume a large prefix as it arrives instead of holding it
+        whole; the pages are etcd's own messages, so nothing is copied on the way.
+        """
         end = keys.prefix_range_end(prefix)
-        kvs: list[KeyValue] = []
         revision = 0
         start = prefix
         while True:
@@ -326,14 +329,24 @@ class EtcdClient:
             with mapped_errors(f"list {prefix!r}"):
                 resp = await self._kv.Range(request, timeout=self._timeout(timeout))
             self.check_header(resp.header)
-            if not revision:
-                revision = resp.header.revision
-            kvs.extend(
-                KeyValue(kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.lease) for kv in resp.kvs
-            )
+            revision = revision or resp.header.revision
+            yield revision, resp.kvs
             if not resp.more or not resp.kvs:
-                return ListResult(kvs, revision)
+                return
             start = resp.kvs[-1].key + b"\0"
+
+    async def list_prefix(
+        self, prefix: bytes, *, page_size: int = DEFAULT_PAGE_SIZE, keys_only: bool = False,
+        timeout: float | None = None,
+    ) -> ListResult:
+        """Every key under prefix, read page by page at one pinned revision (a consistent snapshot)."""
+        kvs: list[KeyValue] = []
+        revision = 0
+        async for page_revision, page in self.list_pages(prefix, page_size=page_size, keys_only=keys_only,
+                                                         timeout=timeout):
+            revision = page_revision
+            kvs.extend(KeyValue(kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.lease) for kv in page)
+        return ListResult(kvs, revision)
 
     async def count_prefix(self, prefix: bytes, *, timeout: float | None = None) -> int:
         """How many keys exist under prefix."""

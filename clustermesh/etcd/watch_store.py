@@ -26,9 +26,8 @@ import logging
 import time
 from typing import Protocol
 
-from clustermesh import errors, keys
+from clustermesh import errors
 from clustermesh.aio import backoff
-from clustermesh.api.etcd import rpc_pb2, rpc_pb2_grpc
 from clustermesh.etcd import client as etcd_client
 from clustermesh.etcd import watch as etcd_watch
 
@@ -160,22 +159,16 @@ class WatchStore:
         """
         # Not EtcdClient.list_prefix, which gathers every page before returning: an agent lists a hundred
         # prefixes at once, and would hold most of the mesh twice at the peak (keys, values, tuples, protobuf
-        # pages) and decode nothing until a whole prefix is in. The same requests, consumed as they come: each
-        # store holds one page, and decoding overlaps etcd serving the next (measured: bench/agent_bootstrap.py).
-        kv_stub = rpc_pb2_grpc.KVStub(self.client.channel)
-        end = keys.prefix_range_end(self.prefix)
+        # pages) and decode nothing until a whole prefix is in. Pages consumed as they come: each store holds
+        # one page, and decoding overlaps etcd serving the next (measured: bench/agent_bootstrap.py).
         cut = len(self.prefix)
         known = self._known
         upsert = self.observer.on_upsert
         delivered = self.revision
-        start, revision, listed = self.prefix, 0, 0
-        while True:
-            request = rpc_pb2.RangeRequest(key=start, range_end=end, limit=self.page_size, revision=revision)
-            with etcd_client.mapped_errors(f"list {self.prefix!r}"):
-                page = await kv_stub.Range(request, timeout=self.client.config.request_timeout)
-            self.client.check_header(page.header)
-            revision = revision or page.header.revision
-            for kv in page.kvs:
+        revision, listed = 0, 0
+        async for page_revision, page in self.client.list_pages(self.prefix, page_size=self.page_size):
+            revision = page_revision
+            for kv in page:
                 key = kv.key
                 name = key[cut:]
                 if stale:
@@ -184,10 +177,8 @@ class WatchStore:
                         continue
                 known.add(name)
                 upsert(key, kv.value)
-            listed += len(page.kvs)
-            if not page.more or not page.kvs:
-                return listed, revision
-            start = page.kvs[-1].key + b"\0"
+            listed += len(page)
+        return listed, revision
 
     def _apply(self, batch: etcd_watch.WatchBatch) -> None:
         known = self._known
