@@ -343,12 +343,16 @@ class RemoteCluster:
             self._phase = Phase.STOPPED
 
     def reconfigure(self, config: PeerConfig) -> None:
-        """Use a new peer file from the next run() on; entries are kept. Only while not running."""
+        """Use a new peer file from the next run() on; entries are kept. Only while not running.
+
+        The next run() re-dials, so it counts as a reconnection (status and metrics), as a drop would.
+        """
         if self._running:
             raise RuntimeError(f"cannot reconfigure {self!r} while it runs; cancel run() first")
         if config.name != self.name:
             raise ValueError(f"config of {config.name} given to peer {self.name}")
         self.config = config
+        self.reconnections += 1
 
     def remove(self) -> int:
         """Drain every entry of the peer and release its cluster ID and pod CIDRs; only while not running.

@@ -48,7 +48,8 @@ _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 @dataclasses.dataclass(frozen=True)
 class PeerConfig:
-    """How to reach one peer: its cluster name (the file name), its etcd, and the file content's sha256."""
+    """How to reach one peer: its cluster name (the file name), its etcd, and a sha256 over the file's content
+    and the content of the certificate files it names (so a rotation in place reconnects the peer)."""
 
     name: str
     etcd: etcd_client.EtcdConfig
@@ -58,9 +59,9 @@ class PeerConfig:
 def load_peer_file(path: pathlib.Path) -> PeerConfig:
     """Read and validate one peer file; ConfigError naming the file and the bad field otherwise.
 
-    The certificate files it names must exist (they are read again at every dial, so a rotation needs no
-    change here). Keys of the etcd client YAML that clustermesh does not use are ignored, as etcd's loader
-    ignores unknown ones.
+    The certificate files it names must exist and be readable; their content is part of the digest, so a
+    rotation in place is a new config. Keys of the etcd client YAML that clustermesh does not use are
+    ignored, as etcd's loader ignores unknown ones.
     """
     try:
         content = path.read_bytes()
@@ -98,8 +99,22 @@ def _parse(path: pathlib.Path, content: bytes) -> PeerConfig:
     return PeerConfig(
         name=path.name,
         etcd=etcd_client.EtcdConfig(endpoints=endpoints, tls=files),
-        digest=hashlib.sha256(content).hexdigest(),
+        digest=_digest(path, content, files),
     )
+
+
+def _digest(path: pathlib.Path, content: bytes, files: tls.TLSFiles | None) -> str:
+    digest = hashlib.sha256(content)
+    for certificate_file in _tls_paths(files):
+        try:
+            digest.update(certificate_file.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read {certificate_file}: {exc.strerror}") from None
+    return digest.hexdigest()
+
+
+def _tls_paths(files: tls.TLSFiles | None) -> tuple[pathlib.Path, ...]:
+    return () if files is None else (files.ca, files.cert, files.key)
 
 
 def _endpoints(path: pathlib.Path, value: Any) -> tuple[str, ...]:
@@ -136,10 +151,15 @@ _Signature = tuple[int, int, int, int]
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
-    """What one directory entry was at its last read: a peer config, an error, or not a peer file (None)."""
+    """What one directory entry was at its last read: a peer config, an error, or not a peer file (None).
+
+    certificates holds the signatures of the certificate files a peer config names, taken when it was read:
+    a rotation that rewrites them, and not the peer file, must be noticed too.
+    """
 
     signature: _Signature
     outcome: PeerConfig | ConfigError | None
+    certificates: tuple[_Signature | None, ...] = ()
 
 
 class MeshConfigWatcher:
@@ -264,13 +284,35 @@ def _scan(directory: pathlib.Path, local_cluster: str, previous: dict[str, _Entr
             continue  # a dangling symlink mid-swap, or removed since listdir
         if not path.is_file():
             continue
-        signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        signature = _signature(st)
         before = previous.get(name)
-        if before is not None and before.signature == signature and not isinstance(before.outcome, ConfigError):
+        if before is not None and before.signature == signature and _unchanged(before):
             entries[name] = before
             continue
-        entries[name] = _Entry(signature, _read(path, local_cluster))
+        outcome = _read(path, local_cluster)
+        entries[name] = _Entry(signature, outcome, _certificate_signatures(outcome))
     return entries
+
+
+def _signature(st: os.stat_result) -> _Signature:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _unchanged(entry: _Entry) -> bool:
+    """True if the entry read well and none of the certificate files it names changed since."""
+    return not isinstance(entry.outcome, ConfigError) and _certificate_signatures(entry.outcome) == entry.certificates
+
+
+def _certificate_signatures(outcome: PeerConfig | ConfigError | None) -> tuple[_Signature | None, ...]:
+    if not isinstance(outcome, PeerConfig):
+        return ()
+    signatures: list[_Signature | None] = []
+    for certificate_file in _tls_paths(outcome.etcd.tls):
+        try:
+            signatures.append(_signature(certificate_file.stat()))
+        except OSError:
+            signatures.append(None)
+    return tuple(signatures)
 
 
 def _read(path: pathlib.Path, local_cluster: str) -> PeerConfig | ConfigError | None:

@@ -6,8 +6,8 @@ material is read again at every dial). PeerSecretFiles therefore writes each pee
 exchange does — connect.write_peer_files: Cilium's peer file plus its CA and `remote` pair, keys 0600, each
 file atomically and only when its content changed — into a private directory (0700), and reads it back with
 mesh_config.load_peer_file: one conversion, the same checks as `--mesh-config` and `clustermesh deploy
-mesh-config`. A config's digest covers the certificates and key too, so that any update of the Secret (an
-endpoint, a re-issued pair, a new CA) reconnects the peer, whereas the file-based digest sees the YAML only.
+mesh-config`. A config's digest covers the certificates and key it names, so any update of the Secret (an
+endpoint, a re-issued pair, a new CA) reconnects the peer.
 
 What cannot be used is reported per peer, never raised, and never disturbs the other peers: a peer without
 a Secret (the watcher says why) has no config, and its files are removed; a Secret that fails to convert
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import functools
-import hashlib
 import logging
 import pathlib
 import shutil
@@ -110,11 +108,7 @@ class PeerSecretFiles:
                 f"{trust.name!r}, not {cluster!r}"
             )
         connect.write_peer_files(self.directory, trust)
-        config = mesh_config.load_peer_file(self.directory / cluster)
-        digest = hashlib.sha256()
-        for part in (config.digest.encode(), trust.ca, trust.cert, trust.key):
-            digest.update(len(part).to_bytes(8, "big") + part)
-        return dataclasses.replace(config, digest=digest.hexdigest())
+        return mesh_config.load_peer_file(self.directory / cluster)
 
 
 class ClusterMeshPeers:

@@ -170,13 +170,6 @@ async def rotate_certs(client: control.ControlClient, cluster: str) -> list[str]
     return written
 
 
-async def reset_connections(client: control.ControlClient, cluster: str) -> None:
-    """Close every connection through the cluster's etcd proxy, as an etcd rolling restart or a load balancer
-    would: each peer's agent re-dials once, reading its certificate files anew."""
-    await client.call(Op.PROXY, cluster=cluster, mode=tcp_proxy.Mode.REJECT)
-    await client.call(Op.PROXY, cluster=cluster, mode=tcp_proxy.Mode.FORWARD)
-
-
 async def compact(config: etcd_client.EtcdConfig) -> int:
     """Compact the etcd's whole history up to its current revision, physically; return that revision.
 

@@ -217,6 +217,11 @@ class Observer:
             # The agent's own time of the failure: precise, where the poll is only within poll_interval.
             at = seen.last_failure_unix if failed and seen.last_failure_unix > 0 else now
             add(min(at, now), record.name, EventName.PEER_DISCONNECTED, peer=peer, detail=seen.last_error[:200])
+        elif seen.reconnections > previous.reconnections and seen.ready:
+            # A re-dial that completed between two polls (a new peer file or certificate): never seen down.
+            detail = f"{seen.reconnections - previous.reconnections} reconnection(s) since the last poll"
+            add(now, record.name, EventName.PEER_RECONNECTED, peer=peer, detail=detail)
+            add(now, record.name, EventName.PEER_READY, peer=peer, detail=f"failures {seen.failures}")
         if record._down[peer]:
             if failed:
                 record._reconnected[peer] = False

@@ -30,7 +30,6 @@ _STYLES: dict[str, tuple[str, str]] = {
     EventName.FAULT_INJECTED.value: ("#c0392b", "X"),
     EventName.FAULT_HEALED.value: ("#27ae60", "P"),
     EventName.COMPONENT_RESTARTED.value: ("#2c3e50", "s"),
-    EventName.CONNECTIONS_RESET.value: ("#7f8c8d", "x"),
     EventName.ETCD_COMPACTED.value: ("#8e44ad", "D"),
     EventName.PEER_DISCONNECTED.value: ("#e74c3c", "v"),
     EventName.PEER_RECONNECTED.value: ("#f39c12", "^"),

@@ -15,8 +15,8 @@ as restored.
                     backends; ready again after --duration.
     partition       cut the cluster's etcd off from its peers' agents (the proxy they dial blackholes traffic);
                     restore after --duration.
-    cert-rotate     new certificates for the cluster, handed to its peers; connections reset once: every agent
-                    must re-dial with the new pair, reconnect at most once, and nothing may restart.
+    cert-rotate     new certificates for the cluster, handed to its peers: every agent must re-dial with the
+                    new pair by itself, reconnect at most once, and nothing may restart.
     compaction      cut the peers off, churn, compact the etcd past every revision they saw, restore: agents
                     must resync without missing a delete.
 
@@ -444,39 +444,32 @@ class BackendsDown(Scenario):
 
 class CertRotate(Scenario):
     name = "cert-rotate"
-    summary = ("new certificates for the cluster, handed to its peers; every agent re-dials once with them and "
-               "nothing restarts")
+    summary = ("new certificates for the cluster, handed to its peers; every agent re-dials once with them by "
+               "itself and nothing restarts")
 
     def expected(self) -> tuple[EventName, ...]:
-        return (EventName.FAULT_INJECTED, EventName.CONNECTIONS_RESET, EventName.PEER_DISCONNECTED,
-                EventName.PEER_RECONNECTED, EventName.PEER_READY, EventName.FAULT_HEALED, EventName.CACHE_CONVERGED,
-                EventName.VERDICT)
+        return (EventName.FAULT_INJECTED, EventName.PEER_RECONNECTED, EventName.PEER_READY, EventName.FAULT_HEALED,
+                EventName.CACHE_CONVERGED, EventName.VERDICT)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self._before: dict[str, tuple[object, object]] = {}
+        self._injected = 0.0
 
     async def prepare(self) -> None:
         self._before = _processes(await self.control.call(control.Op.STATUS))
 
     async def inject(self) -> str:
+        self._injected = time.time()
         written = await faults.rotate_certs(self.control, self.ctx.cluster)
         return f"certificates of {self.ctx.cluster} re-issued from its CA ({len(written)} files); peer files updated"
 
     async def hold(self) -> None:
-        """Reset the connections through the cluster's proxy once, then wait until every peer agent is ready
-        again (the agent keeps a live connection on its old certificate: see the note)."""
+        """Wait until every peer agent has re-dialled with the new pair (its peer file's certificates changed)
+        and is ready again."""
         events = self.ctx.timeline
-        await faults.reset_connections(self.control, self.ctx.cluster)
-        reset = events.add(time.time(), timeline.DRILL, EventName.CONNECTIONS_RESET, peer=self.ctx.cluster,
-                           detail="every connection through the etcd proxy closed once")
-        self.notes.append(
-            "agents keep an established peer connection when its certificate files change (agent/mesh_config.py "
-            "fingerprints only the peer YAML, agent/remote_cluster.py re-reads the files only when it dials); "
-            "the drill resets the connections once so that every agent re-dials with the new pair"
-        )
-        await self._until("every peer agent to be ready again after the reset", lambda: all(
-            events.first(EventName.PEER_READY, agent=agent.node, peer=self.ctx.cluster, after=reset.at)
+        await self._until("every peer agent to re-dial and be ready again", lambda: all(
+            events.first(EventName.PEER_READY, agent=agent.node, peer=self.ctx.cluster, after=self._injected)
             for agent in self.affected), timeout=self.ctx.wait_timeout)
 
     async def heal(self) -> str:

@@ -28,7 +28,6 @@ class EventName(enum.StrEnum):
     CHURN_STARTED = "churn.started"
     CHURN_STOPPED = "churn.stopped"
     COMPONENT_RESTARTED = "component.restarted"
-    CONNECTIONS_RESET = "connections.reset"
     ETCD_COMPACTED = "etcd.compacted"
     PEER_DISCONNECTED = "peer.disconnected"
     PEER_RECONNECTED = "peer.reconnected"

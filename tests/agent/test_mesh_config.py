@@ -50,7 +50,10 @@ def test_peer_file_is_cilium_etcd_client_yaml(tmp_path: pathlib.Path) -> None:
     assert config.etcd.tls.ca == tmp_path / "cluster-b.etcd-client-ca.crt"
     assert config.etcd.tls.cert == tmp_path / "cluster-b.etcd-client.crt"
     assert config.etcd.tls.key == tmp_path / "cluster-b.etcd-client.key"
-    assert config.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = hashlib.sha256(path.read_bytes())
+    for suffix in (".etcd-client-ca.crt", ".etcd-client.crt", ".etcd-client.key"):
+        expected.update((tmp_path / f"cluster-b{suffix}").read_bytes())
+    assert config.digest == expected.hexdigest()
 
 
 def test_absolute_paths_single_endpoint_and_unknown_keys(tmp_path: pathlib.Path) -> None:
@@ -191,6 +194,35 @@ async def test_secret_volume_symlink_swap(tmp_path: pathlib.Path) -> None:
         os.symlink(second.name, tmp_path / "..data_tmp")
         os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
         await eventually(lambda: recorder.last["cluster-b"].etcd.endpoints == ("https://10.9.9.9:2379",))
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["beside-the-peer-file", "another-directory"])
+async def test_certificate_rotated_in_place_is_a_new_config(tmp_path: pathlib.Path, elsewhere: bool) -> None:
+    # Only the certificate changes, not the peer file: the digest must change so the agent re-dials with it.
+    # Files outside the watched directory are caught by the periodic stat-only rescan.
+    mesh = tmp_path / "mesh"
+    certificates = tmp_path / "certs" if elsewhere else mesh
+    mesh.mkdir()
+    certificates.mkdir(exist_ok=True)
+    write_peer(certificates, "cluster-b")
+    if elsewhere:
+        (certificates / "cluster-b").rename(mesh / "cluster-b")
+        text = (mesh / "cluster-b").read_text()
+        for suffix in (".etcd-client-ca.crt", ".etcd-client.key", ".etcd-client.crt"):
+            text = text.replace(f"cluster-b{suffix}", str(certificates / f"cluster-b{suffix}"))
+        (mesh / "cluster-b").write_text(text)
+    recorder = Recorder()
+    async with watching(mesh, recorder):
+        before = recorder.last["cluster-b"].digest
+        (certificates / "cluster-b.etcd-client.crt").write_text("rotated pem, longer than before\n")
+        await eventually(lambda: recorder.last["cluster-b"].digest != before)
+        assert len(recorder.calls) == 2
+        # A certificate that disappears keeps the last good config, as a broken peer file does.
+        (certificates / "cluster-b.etcd-client.key").unlink()
+        rotated = recorder.last
+        write_peer(mesh, "cluster-c")
+        await eventually(lambda: "cluster-c" in recorder.last)
+        assert recorder.last["cluster-b"] == rotated["cluster-b"]
 
 
 async def test_misuse(tmp_path: pathlib.Path) -> None:
