@@ -21,10 +21,14 @@ CLOCK_MONOTONIC), over every (change, agent) pair. Measured in order, same write
 and the figure is fan-out p99 / single p99. Each set of watchers reports its CPU per change per watcher: what
 hosting the watchers costs this machine.
 
+Then the sweep: the single agent and the fan-out again, at each of --rates (half the duration each), giving
+the ratio per rate and the fan-out's capacity on this machine: the highest rate at which the agents' p99 stays
+within 3x a single agent's with nothing missing (`capacity_per_s`).
+
 With --linger MS the writer is a publisher that waits MS between transactions, so that each watch message
 carries the changes of MS (latency is then counted from when each change was due): fewer, larger messages.
 
-    python bench/fanout.py [--quick] [--agents N] [--processes P] [--linger MS] [--json FILE]
+    python bench/fanout.py [--quick] [--agents N] [--processes P] [--linger MS] [--rates R,R,...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ from clustermesh.keys import Kind
 from clustermesh.mesh_config import PeerConfig
 
 RATE = 325
+TARGET_RATIO = 3.0
+SWEEP_RATES = (25, 50, 100, 200)
+QUICK_SWEEP_RATES = (50, 150)
 AGENTS, PROCESSES = 200, 4
 READY_TIMEOUT = 300.0
 DRAIN_TIMEOUT = 60.0
@@ -66,7 +73,8 @@ LINE_LIMIT = 1 << 30
 
 
 async def worker(spec: dict[str, Any]) -> None:
-    """Run spec["watchers"] agents (or bare etcd watches); print "ready"; on "stop" print arrivals and exit.
+    """Run spec["watchers"] agents (or bare etcd watches); print "ready"; on "cpu" print the CPU time used so
+    far, on "stop" the arrivals, and exit.
 
     Arrivals: per watcher, the CLOCK_MONOTONIC time each ipcache entry (by its IP) reached it.
     """
@@ -86,13 +94,13 @@ async def worker(spec: dict[str, Any]) -> None:
         else:
             raise RuntimeError(f"watchers not synced: {stuck[:3]}")
         _send("ready")
-        cpu = time.process_time()
         loop = asyncio.get_running_loop()
         while (line := (await loop.run_in_executor(None, sys.stdin.readline)).strip()) != "stop":
             if not line:
                 raise RuntimeError("the parent went away")
-        cpu = time.process_time() - cpu
-        _send(json.dumps({"cpu_s": cpu, "arrivals": [list(arrived.items()) for arrived in arrivals]}))
+            if line == "cpu":
+                _send(json.dumps({"cpu_s": time.process_time()}))
+        _send(json.dumps({"arrivals": [list(arrived.items()) for arrived in arrivals]}))
         for task, _ in started:
             task.cancel()
 
@@ -179,19 +187,28 @@ class Workers:
                 proc.kill()
             await proc.wait()
 
-    async def arrivals(self) -> tuple[list[dict[str, float]], float]:
-        """Stop recording; every agent's arrivals, and the CPU seconds the workers used while recording."""
+    async def cpu(self) -> float:
+        """The CPU seconds the workers have used so far, together."""
+        total = 0.0
+        for proc in self.procs:
+            self._command(proc, b"cpu\n")
+        for proc in self.procs:
+            total += json.loads(await self._line(proc))["cpu_s"]
+        return total
+
+    async def arrivals(self) -> list[dict[str, float]]:
+        """Stop recording; every agent's arrivals."""
         found: list[dict[str, float]] = []
-        cpu = 0.0
         for proc in self.procs:
-            assert proc.stdin is not None
-            proc.stdin.write(b"stop\n")
-            await proc.stdin.drain()
+            self._command(proc, b"stop\n")
         for proc in self.procs:
-            result = json.loads(await self._line(proc))
-            found.extend(dict(items) for items in result["arrivals"])
-            cpu += result["cpu_s"]
-        return found, cpu
+            found.extend(dict(items) for items in json.loads(await self._line(proc))["arrivals"])
+        return found
+
+    @staticmethod
+    def _command(proc: asyncio.subprocess.Process, line: bytes) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(line)
 
     @staticmethod
     async def _line(proc: asyncio.subprocess.Process) -> str:
@@ -200,6 +217,10 @@ class Workers:
         if not line:
             raise RuntimeError(f"worker exited with status {await proc.wait()}")
         return line.decode().strip()
+
+
+Round = tuple[int, int]
+"""(changes per second, changes) of one round of writes."""
 
 
 class Outcome(NamedTuple):
@@ -212,28 +233,71 @@ class Outcome(NamedTuple):
 
 
 async def through_watchers(
-    admin: etcd_client.EtcdClient, spec: dict[str, Any], *, watchers: int, processes: int, first: int, count: int,
-    linger: float | None, bare: bool = False,
-) -> Outcome:
-    """What `watchers` agents (or bare watches) in `processes` processes see of `count` changes."""
+    admin: etcd_client.EtcdClient, spec: dict[str, Any], *, watchers: int, processes: int, first: int,
+    rounds: tuple[Round, ...], linger: float | None, bare: bool = False,
+) -> list[Outcome]:
+    """What `watchers` agents (or bare watches) in `processes` processes see of each round's changes.
+
+    Rounds run one after the other on the same watchers; each writes its own keys (from index `first` on) and
+    waits for its changes to propagate before the next starts.
+    """
+    outcomes = []
+    measured = []
     async with Workers({**spec, "bare": bare}, watchers, processes) as workers:
-        puts = []
-        for index in range(first, first + count):
-            ip, key = propagation.entry_key(index)
-            puts.append((ip, key, propagation.entry_value(ip)))
-        sent: dict[str, float] = {}
-        started = time.monotonic()
-        reached = await propagation.drive(admin, puts, sent, rate=RATE, linger=linger)
-        # Let the last puts propagate: a change is missing only if it has not arrived after this.
-        await asyncio.sleep(min(DRAIN_TIMEOUT, max(2.0, (time.monotonic() - started) / 4)))
-        arrivals, cpu = await workers.arrivals()
-    # drive() stamps sends with perf_counter; on Linux that is CLOCK_MONOTONIC too, as time.monotonic() is.
-    latencies = [(arrived[ip] - t0) * 1000 for arrived in arrivals for ip, t0 in sent.items() if ip in arrived]
-    return Outcome(latencies, reached, len(sent) * watchers - len(latencies), cpu / (count * watchers) * 1e6)
+        for rate, count in rounds:
+            puts = []
+            for index in range(first, first + count):
+                ip, key = propagation.entry_key(index)
+                puts.append((ip, key, propagation.entry_value(ip)))
+            first += count
+            sent: dict[str, float] = {}
+            cpu = await workers.cpu()
+            started = time.monotonic()
+            reached = await propagation.drive(admin, puts, sent, rate=rate, linger=linger)
+            # Let the last puts propagate: a change is missing only if it has not arrived after this.
+            await asyncio.sleep(min(DRAIN_TIMEOUT, max(2.0, (time.monotonic() - started) / 4)))
+            measured.append((sent, reached, await workers.cpu() - cpu))
+        arrivals = await workers.arrivals()
+    for sent, reached, cpu in measured:
+        # drive() stamps sends with perf_counter; on Linux that is CLOCK_MONOTONIC too, as time.monotonic() is.
+        latencies = [(arrived[ip] - t0) * 1000 for arrived in arrivals for ip, t0 in sent.items() if ip in arrived]
+        outcomes.append(Outcome(latencies, reached, len(sent) * watchers - len(latencies),
+                                cpu / (len(sent) * watchers) * 1e6))
+    return outcomes
 
 
-async def run(quick: bool, agents: int, processes: int, linger: float | None) -> dict[str, Any]:
-    """Single agent, then the fan-out, then bare etcd, on one peer etcd; return the figures."""
+async def sweep(
+    admin: etcd_client.EtcdClient, spec: dict[str, Any], *, agents: int, processes: int, first: int,
+    rates: tuple[int, ...], duration: float,
+) -> list[dict[str, Any]]:
+    """The fan-out ratio at each of `rates`, `duration` seconds each (a single agent's rounds, then the fan-out's)."""
+    rounds = tuple((rate, int(rate * duration)) for rate in rates)
+    singles = await through_watchers(admin, spec, watchers=1, processes=1, first=first, rounds=rounds, linger=None)
+    fanouts = await through_watchers(admin, spec, watchers=agents, processes=processes,
+                                     first=first + sum(count for _, count in rounds), rounds=rounds, linger=None)
+    rows = []
+    for rate, single, fanout in zip(rates, singles, fanouts, strict=True):
+        single_p99 = harness.percentile(single.latencies_ms, 99)
+        fanout_p99 = harness.percentile(fanout.latencies_ms, 99)
+        rows.append({
+            "rate_per_s": rate, "single_p99_ms": single_p99, "fanout_p99_ms": fanout_p99,
+            "p99_ratio": fanout_p99 / single_p99, "fanout_missing": fanout.missing,
+            "fanout_cpu_us_per_change": fanout.cpu_us_per_change,
+            "fanout_cores_needed": fanout.cpu_us_per_change * agents * rate / 1e6,
+        })
+    return rows
+
+
+def capacity(rows: list[dict[str, Any]]) -> int | None:
+    """The highest rate at which the fan-out met the target (p99 within 3x one agent's, nothing missing)."""
+    met = [row["rate_per_s"] for row in rows if row["p99_ratio"] <= TARGET_RATIO and not row["fanout_missing"]]
+    return max(met, default=None)
+
+
+async def run(
+    quick: bool, agents: int, processes: int, linger: float | None, rates: tuple[int, ...],
+) -> dict[str, Any]:
+    """Single agent, then the fan-out, then bare etcd, then the sweep over `rates`, on one peer etcd."""
     duration = 3.0 if quick else 10.0
     count = int(RATE * duration)
     async with harness.etcd_with_tls(propagation.PEER) as (peer, peer_certs), contextlib.AsyncExitStack() as stack:
@@ -242,14 +306,17 @@ async def run(quick: bool, agents: int, processes: int, linger: float | None) ->
         await propagation.publish_peer(admin)
         files = peer_certs.remote
         spec = {"endpoint": peer.endpoint, "ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)}
-        single = await through_watchers(admin, spec, watchers=1, processes=1, first=0, count=count, linger=linger)
-        fanout = await through_watchers(
-            admin, spec, watchers=agents, processes=processes, first=count, count=count, linger=linger)
-        bare_single = await through_watchers(
-            admin, spec, watchers=1, processes=1, first=2 * count, count=count, linger=linger, bare=True)
-        bare_fanout = await through_watchers(
-            admin, spec, watchers=agents, processes=processes, first=3 * count, count=count, linger=linger, bare=True)
+        main = ((RATE, count),)
+        [single] = await through_watchers(admin, spec, watchers=1, processes=1, first=0, rounds=main, linger=linger)
+        [fanout] = await through_watchers(
+            admin, spec, watchers=agents, processes=processes, first=count, rounds=main, linger=linger)
+        [bare_single] = await through_watchers(
+            admin, spec, watchers=1, processes=1, first=2 * count, rounds=main, linger=linger, bare=True)
+        [bare_fanout] = await through_watchers(
+            admin, spec, watchers=agents, processes=processes, first=3 * count, rounds=main, linger=linger, bare=True)
         bare_ms, _ = await propagation.bare(admin, RATE, duration)
+        rows = await sweep(admin, spec, agents=agents, processes=processes, first=4 * count, rates=rates,
+                           duration=duration / 2) if rates else []
     p99 = {name: harness.percentile(outcome.latencies_ms, 99)
            for name, outcome in (("single", single), ("fanout", fanout), ("bare_single", bare_single),
                                  ("bare_fanout", bare_fanout))}
@@ -282,6 +349,9 @@ async def run(quick: bool, agents: int, processes: int, linger: float | None) ->
         "bare_watcher_cpu_us_per_change": bare_fanout.cpu_us_per_change,
     }
     result["fanout_p99_ratio"] = p99["fanout"] / p99["single"]
+    result["sweep"] = rows
+    main_row = {"rate_per_s": RATE, "p99_ratio": result["fanout_p99_ratio"], "fanout_missing": fanout.missing}
+    result["capacity_per_s"] = capacity([*rows, main_row]) if rows else None
     result["fanout_p50_ratio"] = p50["fanout"] / p50["single"]
     result["bare_watcher_fanout_p99_ratio"] = p99["bare_fanout"] / p99["bare_single"]
     # What hosting the watchers costs this machine: CPU per change per watcher, times watchers and rate.
@@ -314,6 +384,25 @@ def report(result: dict[str, Any]) -> None:
             ("  CPU per change per watch", result["bare_watcher_cpu_us_per_change"], "us"),
             ("  cores the bare watches need", result["bare_watcher_cores_needed"], f"of {harness.machine()['cpus']}"),
         ])
+    if result["sweep"]:
+        harness.print_table(
+            f"fan-out by rate: {result['agents']} agents; capacity (p99 within {TARGET_RATIO:g}x one agent's, "
+            f"nothing missing): {result['capacity_per_s'] or 'below every rate tried'} changes/s", [
+                (f"{row['rate_per_s']} changes/s",
+                 f"{row['single_p99_ms']:,.1f} / {row['fanout_p99_ms']:,.1f} ms = {row['p99_ratio']:,.1f}x",
+                 f"p99 one / all agents; {row['fanout_cores_needed']:.2f} cores, {row['fanout_missing']} missing")
+                for row in result["sweep"]
+            ])
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    try:
+        rates = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated changes per second, got {text!r}") from None
+    if any(rate <= 0 for rate in rates):
+        raise argparse.ArgumentTypeError(f"rates must be positive, got {text!r}")
+    return rates
 
 
 def main() -> int:
@@ -323,13 +412,17 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=PROCESSES,
                         help=f"worker processes hosting them (default {PROCESSES})")
     parser.add_argument("--linger", type=float, metavar="MS", help="the writer's wait between transactions")
+    parser.add_argument("--rates", type=_rates, metavar="R,R,...",
+                        help=f"the sweep's rates (default {','.join(map(str, SWEEP_RATES))}; quick "
+                             f"{','.join(map(str, QUICK_SWEEP_RATES))}; empty: no sweep)")
     parser.add_argument("--json", type=pathlib.Path, help="write the figures here")
     parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         asyncio.run(worker(json.loads(args.worker)))
         return 0
-    result = asyncio.run(run(args.quick, args.agents, args.processes, args.linger and args.linger / 1000))
+    rates = args.rates if args.rates is not None else QUICK_SWEEP_RATES if args.quick else SWEEP_RATES
+    result = asyncio.run(run(args.quick, args.agents, args.processes, args.linger and args.linger / 1000, rates))
     report(result)
     harness.write_json(args.json, {"benchmark": "fanout", "quick": args.quick, **result})
     return 0

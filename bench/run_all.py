@@ -55,6 +55,7 @@ FIGURES: tuple[tuple[str, str, Figure], ...] = (
     ("propagation_p99_ratio_3250", "propagation", lambda r: _rate(r, 3250, "p99_ratio")),
     ("big_service_put_to_cache_ms", "agent_bootstrap", lambda r: r["big_service_put_to_cache_p50_ms"]),
     ("cached_entries", "agent_bootstrap", lambda r: r["cached_entries"]),
+    ("fanout_capacity_per_s", "fanout", lambda r: r["capacity_per_s"]),
 )
 BASELINES: tuple[tuple[str, str, Figure], ...] = (
     ("bootstrap_bare_range_read_s", "agent_bootstrap", lambda r: r["bare_read_s"]),
