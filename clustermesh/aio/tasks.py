@@ -1,16 +1,19 @@
 """Ending tasks an owner holds: cancel them and wait until they have really ended, cancelled or not.
 
 An owner that stops its children in a `finally` must not leave them running because it was cancelled a second
-time while waiting (kopf's `aiotasks.stop`; Cilium's `Stop()` = cancel + wait). Both helpers wait through
-cancellation and re-raise it once every awaited future is done. Neither raises the futures' own exceptions nor
-marks them retrieved: the owner decides what a failure means (log it, raise it).
+time while waiting (kopf's `aiotasks.stop`; Cilium's `Stop()` = cancel + wait). stop() and wait_ended() wait
+through cancellation and re-raise it once every awaited future is done; they neither raise the futures' own
+exceptions nor mark them retrieved: the owner decides what a failure means (log it, raise it). finish() runs
+one cleanup coroutine to its end the same way and returns its result.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Awaitable, Collection
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def stop(tasks: Collection[asyncio.Future[Any]]) -> None:
@@ -44,3 +47,20 @@ async def join(task: asyncio.Future[Any]) -> None:
     finally:
         if task.done() and not task.cancelled():
             task.exception()
+
+
+async def finish(coro: Awaitable[T]) -> T:
+    """Run cleanup to the end even if the caller is cancelled meanwhile (again); then re-raise the cancel."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    result = task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

@@ -26,10 +26,10 @@ import dataclasses
 import logging
 import pathlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
 from clustermesh import errors
+from clustermesh.aio import tasks
 from clustermesh.drill import app_manifest, churn, observer, report, scenarios, target, timeline, verdict
 from clustermesh.errors import ConfigError
 from clustermesh.local_mesh import control
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 EventName = timeline.EventName
 Progress = Callable[[str], None]
-T = TypeVar("T")
 
 # A revocation's services are deleted by the agent just before its status says revoked; the watch timestamp
 # may trail the poll by a little, as both come from the agent.
@@ -95,7 +94,7 @@ async def run(config: DrillConfig, *, progress: Progress | None = None) -> repor
         return await _observed(config, mesh, cluster, scenario_type, app, client, say)
     finally:
         if client is not None:
-            await _finish(client.close())
+            await tasks.finish(client.close())
 
 
 async def _observed(
@@ -114,7 +113,7 @@ async def _observed(
         await _healthy(config, mesh, watcher, watching, observed, app, say)
         result = await _drill(config, scenario, say)
     finally:
-        failure = await _finish(_stop(watching))
+        failure = await tasks.finish(_stop(watching))
     if failure is not None:
         # The drill saw nothing after this: its report would be a lie.
         raise RuntimeError("the drill's observer failed") from failure
@@ -183,7 +182,7 @@ async def _drill(config: DrillConfig, scenario: scenarios.Scenario, say: Progres
             say(f"{scenario.name}: {detail}; holding")
             await scenario.hold()
         finally:
-            await _finish(_heal(scenario, churner, churning, say))
+            await tasks.finish(_heal(scenario, churner, churning, say))
         await scenario.after_heal()
     finally:
         if ctx.app is not None:
@@ -265,18 +264,3 @@ def _derive(scenario: scenarios.Scenario, last: verdict.Comparison) -> None:
                        detail=f"answers {', '.join(sorted(restored.ips or ()))}")
 
 
-async def _finish(coro: Awaitable[T]) -> T:
-    """Run cleanup to the end even if the caller is cancelled meanwhile (again); then re-raise the cancel."""
-    task = asyncio.ensure_future(coro)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            cancelled = True
-    result = task.result()
-    if cancelled:
-        raise asyncio.CancelledError
-    return result

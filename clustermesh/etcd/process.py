@@ -26,6 +26,7 @@ import sys
 import types
 
 from clustermesh import errors, tls
+from clustermesh.aio import child
 from clustermesh.etcd import client
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ LOG_NAME = "etcd.log"
 DATA_NAME = "data"
 # A port picked by binding to port 0 can be taken by someone else before etcd binds it: pick again.
 _PORT_ATTEMPTS = 3
-_LOG_TAIL_LINES = 20
 _PROBE_TIMEOUT = 1.0
 _PROBE_INTERVAL = 0.05
 _STOP_POLL_INTERVAL = 0.002
@@ -312,19 +312,10 @@ class EtcdProcess:
         return True
 
     def _log_tail(self) -> str:
-        try:
-            with open(self.log_path, "rb") as log_file:
-                log_file.seek(self._log_offset)
-                text = log_file.read().decode(errors="replace")
-        except OSError as exc:
-            return f"(cannot read {self.log_path}: {exc.strerror})"
-        return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
+        return child.log_tail(self.log_path, self._log_offset)
 
     def _signal(self, signum: signal.Signals) -> None:
-        if self._process is None or self._process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self._process.send_signal(signum)
+        child.send(self._process, signum)
 
     async def stop(self) -> None:
         """Stop etcd gracefully (SIGTERM, SIGKILL after options.stop_timeout) and reap it. Idempotent.
@@ -335,18 +326,8 @@ class EtcdProcess:
         if process is None or process.returncode is not None:
             self._settle()
             return
-        self._signal(signal.SIGTERM)
-        # A stopped process keeps SIGTERM pending until it is continued.
-        self._signal(signal.SIGCONT)
-        try:
-            async with asyncio.timeout(self.options.stop_timeout):
-                await process.wait()
-        except TimeoutError:
-            log.warning("%s: etcd ignored SIGTERM for %ss, killing it", self.name, self.options.stop_timeout)
-            await self.kill()
-        except asyncio.CancelledError:
-            self._signal(signal.SIGKILL)
-            raise
+        if not await child.terminate(process, self.options.stop_timeout):
+            log.warning("%s: etcd ignored SIGTERM for %ss, killed it", self.name, self.options.stop_timeout)
         self._settle()
 
     async def kill(self) -> None:

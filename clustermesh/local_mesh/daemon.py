@@ -14,7 +14,6 @@ etcd (clustermesh.etcd.process.EtcdProcess, with the same lifecycle).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import os
@@ -24,13 +23,13 @@ import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from clustermesh import errors
+from clustermesh.aio import child
 
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[bool]]
 
 _PROBE_INTERVAL = 0.05
-_LOG_TAIL_LINES = 20
 
 
 class State(enum.Enum):
@@ -150,19 +149,10 @@ class Daemon:
 
     def log_tail(self) -> str:
         """The last lines the current process wrote to its log."""
-        try:
-            with self.log_path.open("rb") as log_file:
-                log_file.seek(self._log_offset)
-                text = log_file.read().decode(errors="replace")
-        except OSError as exc:
-            return f"(cannot read {self.log_path}: {exc.strerror})"
-        return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
+        return child.log_tail(self.log_path, self._log_offset)
 
     def _signal(self, signum: signal.Signals) -> None:
-        if self._process is None or self._process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self._process.send_signal(signum)
+        child.send(self._process, signum)
 
     def send_signal(self, signum: signal.Signals) -> None:
         """Send signum to the running process, if any, without changing the lifecycle state.
@@ -181,19 +171,9 @@ class Daemon:
         if process is None or process.returncode is not None:
             self._settle()
             return
-        self._signal(signal.SIGTERM)
-        # A stopped process (a drill's SIGSTOP) keeps SIGTERM pending until it is continued.
-        self._signal(signal.SIGCONT)
-        try:
-            async with asyncio.timeout(self.stop_timeout):
-                await process.wait()
-        except TimeoutError:
+        if not await child.terminate(process, self.stop_timeout):
             log.warning("event=daemon.kill name=%s pid=%s reason=%r", self.name, process.pid,
                         f"ignored SIGTERM for {self.stop_timeout:g}s")
-            await self.kill()
-        except asyncio.CancelledError:
-            self._signal(signal.SIGKILL)
-            raise
         self._settle()
         log.info("event=daemon.stopped name=%s pid=%s status=%s", self.name, process.pid, process.returncode)
 

@@ -38,17 +38,16 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 from clustermesh import certs, connect, errors, trust
-from clustermesh.aio import backoff, tcp_proxy
+from clustermesh.aio import backoff, tasks, tcp_proxy
 from clustermesh.etcd import access, process
 from clustermesh.etcd import client as etcd_client
 from clustermesh.local_mesh import control, daemon, layout, manifests, mesh_file, ownership, ports, probes, status
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 AGENT_HEALTH_SERVICE = "clustermesh.v1.Agent"
 """The gRPC health service name an agent reports SERVING once it runs (agent.grpc_server.AGENT_SERVICE)."""
@@ -238,7 +237,7 @@ class LocalMesh:
             await self._keep_running()
         finally:
             try:
-                await _finish(self._stop_all())
+                await tasks.finish(self._stop_all())
             finally:
                 os.close(lock)
                 self._running = False
@@ -692,23 +691,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
     return [exc]
-
-
-async def _finish(coro: Awaitable[T]) -> T:
-    """Run cleanup to the end even if the caller is cancelled meanwhile (again); then re-raise the cancel."""
-    task = asyncio.ensure_future(coro)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            cancelled = True
-    result = task.result()
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
 
 
 def _proxy_url(cluster: RunningCluster) -> str:
