@@ -133,7 +133,7 @@ def overlapping_cidrs(a: ClusterTrust, b: ClusterTrust) -> list[str]:
     found = []
     for cidr_a, cidr_b in itertools.product(a.pod_cidrs, b.pod_cidrs):
         net_a, net_b = _network(a.name, cidr_a), _network(b.name, cidr_b)
-        if net_a.version == net_b.version and net_a.overlaps(net_b):  # type: ignore[arg-type]
+        if net_a.version == net_b.version and net_a.overlaps(net_b):
             found.append(f"pod CIDR {cidr_a} of {a.name} overlaps pod CIDR {cidr_b} of {b.name}")
     return found
 

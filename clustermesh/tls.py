@@ -150,7 +150,10 @@ def server_credentials(files: TLSFiles) -> grpc.ServerCredentials:
     files are unusable now.
     """
     fetcher = _ServerConfigurationFetcher(files)
-    return grpc.dynamic_ssl_server_credentials(fetcher.initial(), fetcher, require_client_authentication=True)
+    # gRPC documents None from the fetcher as "keep the current configuration"; the stubs omit it.
+    return grpc.dynamic_ssl_server_credentials(
+        fetcher.initial(), fetcher, require_client_authentication=True,  # type: ignore[arg-type]
+    )
 
 
 def ssl_context(files: TLSFiles, purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH) -> ssl.SSLContext:

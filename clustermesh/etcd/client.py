@@ -498,7 +498,7 @@ class EtcdClient:
         timeout: float | None = None,
     ) -> None:
         """Grant a role access to a key, or to the range [key, range_end)."""
-        perm = pb.Permission(permType=pb.Permission.Type.Value(perm_type.name), key=key, range_end=range_end)
+        perm = pb.Permission(permType=perm_type.name, key=key, range_end=range_end)
         with mapped_errors(f"grant {perm_type.name} on {key!r} to role {role}"):
             await self._auth.RoleGrantPermission(
                 pb.AuthRoleGrantPermissionRequest(name=role, perm=perm), timeout=self._timeout(timeout)
