@@ -27,6 +27,7 @@ SERVICE_ACCOUNT_LABEL = "io.cilium.k8s.policy.serviceaccount"
 DEFAULT_SERVICE_ACCOUNT = "default"
 _SOURCE = "k8s"
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+_MAX_PORT = 0xFFFF
 # Labels that Cilium's default label filter (pkg/labelsfilter) always drops: they change on every rollout
 # and would give each ReplicaSet generation its own identity. The rest of that filter (kubernetes.io
 # prefixes) is not applied: identities are the pod's own labels.
@@ -126,18 +127,36 @@ def _pod_ips(status: Mapping[str, Any]) -> tuple[str, ...]:
 
 def _named_ports(spec: Mapping[str, Any]) -> tuple[records.NamedPort, ...] | None:
     """The pod's named container ports sorted by name (the first container declaring a name wins)."""
+    # Once per pod: a field's path is formatted only when the field is malformed, through the checking
+    # fields.* call (a well-formed port skips them all, a third of the conversion of a pod with one port).
     ports: dict[str, records.NamedPort] = {}
     for c_index, container in enumerate(fields.items(spec, "containers", "spec.containers")):
-        for p_index, entry in enumerate(fields.items(container, "ports", f"spec.containers[{c_index}].ports")):
-            path = f"spec.containers[{c_index}].ports[{p_index}]"
+        entries = container.get("ports")
+        if entries is None:
+            continue
+        if type(entries) is not list:
+            entries = fields.items(container, "ports", f"spec.containers[{c_index}].ports")
+        for p_index, entry in enumerate(entries):
+            if type(entry) is not dict:
+                fields.items(container, "ports", f"spec.containers[{c_index}].ports")  # raises, naming the item
             name = entry.get("name")
             if not isinstance(name, str):
-                # Unnamed (None) or malformed: fields.string says which. Named ports skip the call.
-                name = fields.string(entry, "name", f"{path}.name")
-            if name and name not in ports:
-                protocol = fields.string(entry, "protocol", f"{path}.protocol", default="TCP")
-                ports[name] = records.NamedPort(name, fields.port(entry, "containerPort", path), protocol)
+                # Unnamed (None) or malformed: fields.string says which.
+                name = fields.string(entry, "name", f"{_port_path(c_index, p_index)}.name")
+            if not name or name in ports:
+                continue
+            protocol = entry.get("protocol", "TCP")
+            if type(protocol) is not str:
+                protocol = fields.string(entry, "protocol", f"{_port_path(c_index, p_index)}.protocol", default="TCP")
+            number = entry.get("containerPort")
+            if type(number) is not int or not 0 < number <= _MAX_PORT:
+                number = fields.port(entry, "containerPort", _port_path(c_index, p_index))
+            ports[name] = records.NamedPort(name, number, protocol)
     return tuple(ports[name] for name in sorted(ports)) or None
+
+
+def _port_path(container: int, port: int) -> str:
+    return f"spec.containers[{container}].ports[{port}]"
 
 
 def ip_entries(pod: Endpoint, *, identity: int, host_ip: str) -> dict[str, records.IPIdentityPair]:

@@ -12,6 +12,12 @@ its number back) and only then released (expire()), measured on an injected Cloc
 in increasing order from where the last one was, wrapping around, so a released number is reused as late as
 possible (peers may still cache it).
 
+Allocation is pipelined: the numbers of every batch are chosen first, in order, then up to
+MAX_CLAIMS_IN_FLIGHT create-only transactions run at once (5,000 new identities: 40 transactions, one round
+trip each, 0.15-0.2 s one after the other). The numbers are the same as claiming them one batch after the
+other; a batch that finds a number taken writes nothing and is claimed again one number at a time, after
+the others, from its first number on.
+
 Does not own: which pods use which label set (the publisher counts references through acquire/release),
 writing or deleting keys after creation (the identities SyncStore does; the allocator only creates).
 Mutated only from the publisher's task.
@@ -19,6 +25,7 @@ Mutated only from the publisher's task.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 
@@ -29,6 +36,9 @@ from clustermesh.etcd import client as etcd_client
 from clustermesh.etcd import lease as etcd_lease
 
 log = logging.getLogger(__name__)
+
+MAX_CLAIMS_IN_FLIGHT = 4
+"""Create-only transactions allocate() keeps in flight, as many as a SyncStore's transactions."""
 
 
 class IdentityAllocator:
@@ -133,24 +143,32 @@ class IdentityAllocator:
         so this returns only when every key is written or the range is exhausted; cancellation stops it.
         """
         wanted = list(dict.fromkeys(labels for labels in label_sets if labels not in self._ids))
+        candidates = self._candidates(len(wanted))
+        if len(candidates) < len(wanted):
+            log.error(
+                "event=identity.exhausted first=%d last=%d unallocated=%d",
+                self.first, self.last, len(wanted) - len(candidates),
+            )
+        claims = list(zip(wanted, candidates, strict=False))
+        size = etcd_client.MAX_TXN_OPS
+        batches = [claims[start : start + size] for start in range(0, len(claims), size)]
+        slots = asyncio.Semaphore(MAX_CLAIMS_IN_FLIGHT)
+
+        async def create(batch: list[tuple[str, int]]) -> bool:
+            async with slots:
+                return await self._create_batch(batch)
+
+        async with asyncio.TaskGroup() as group:
+            outcomes = [group.create_task(create(batch), name="identity claim") for batch in batches]
         created: list[records.Identity] = []
-        for start in range(0, len(wanted), etcd_client.MAX_TXN_OPS):
-            batch = wanted[start : start + etcd_client.MAX_TXN_OPS]
-            candidates = self._candidates(len(batch))
-            if len(candidates) < len(batch):
-                log.error(
-                    "event=identity.exhausted first=%d last=%d unallocated=%d",
-                    self.first, self.last, len(wanted) - start - len(candidates),
-                )
-                batch = batch[: len(candidates)]
-            claims = list(zip(batch, candidates, strict=True))
-            if await self._create_batch(claims):
-                created.extend(records.Identity(id=numeric_id, labels=labels) for labels, numeric_id in claims)
+        for batch, outcome in zip(batches, outcomes, strict=True):
+            if outcome.result():
+                created.extend(records.Identity(id=numeric_id, labels=labels) for labels, numeric_id in batch)
                 continue
             # Some number was taken behind our back (a key we did not list): claim them one at a time, from
             # the same numbers on, to find out which.
-            self._next = candidates[0]
-            for labels in batch:
+            self._next = batch[0][1]
+            for labels, _ in batch:
                 numeric_id = await self._create_one(labels)
                 if numeric_id is not None:
                     created.append(records.Identity(id=numeric_id, labels=labels))
@@ -211,8 +229,10 @@ class IdentityAllocator:
         """One create-only transaction putting each (key, labels) on its lease; whether every key was absent."""
         # Retried here and only here. After a timeout the outcome is unknown; the retry's guard then fails
         # on our own key, and the caller's read-back recognises the label string as ours. The operations are
-        # rebuilt on each attempt: after a lost lease, lease_for() hands out a live one.
+        # rebuilt on each attempt: after a lost lease, lease_for() hands out a live one. Several claims run at
+        # once, each with a backoff of its own (a Backoff is not shared between tasks).
         guards = [etcd_client.version_equals(name, 0) for name, _ in claims]
+        retry = self._new_backoff()
         while True:
             try:
                 puts = [
@@ -224,10 +244,16 @@ class IdentityAllocator:
                 log.warning("event=identity.create.failed keys=%d reason=%s", len(claims), exc)
                 if isinstance(exc, errors.LeaseExpired):
                     await self.leases.verify()
-                await self.retry.wait()
+                await retry.wait()
                 continue
-            self.retry.reset()
             return result.succeeded
+
+    def _new_backoff(self) -> backoff.Backoff:
+        """A fresh backoff with the allocator's settings."""
+        template = self.retry
+        return backoff.Backoff(
+            initial=template.initial, maximum=template.maximum, factor=template.factor, jitter=template.jitter
+        )
 
     async def _read(self, name: bytes) -> etcd_client.KeyValue | None:
         while True:

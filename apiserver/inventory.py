@@ -5,7 +5,9 @@ modules (nodes, endpoints, services, service_exports), keeps only the parsed for
 indexes (pods by node and namespace, services by namespace, EndpointSlices by service) and marks dirty the
 records whose inputs changed: a node's record and, when its InternalIP changes, its pods' ipcache entries;
 a namespace's services and pods when it turns global or not; a service when it, its namespace or one of
-its slices changes; a service export when it or its service changes. take_dirty() hands those over.
+its slices changes; a service export when it or its service changes. take_dirty() hands those over;
+take_settled() hands over, before the source's initial sync is complete, the dirty records that no object
+still to come is expected to change (see Inventory.take_settled).
 
 An object that fails to parse is reported (`event=object.invalid`, with the field and the reason), counted
 per kind, and treated as absent, so whatever it exported before is withdrawn: its current state is known
@@ -69,6 +71,8 @@ class Inventory:
         self._services_by_namespace: dict[str, set[Ref]] = {}
         self._slices_by_service: dict[Ref, set[Ref]] = {}
         self._dirty = Dirty()
+        # Dirty pods take_settled() held back, until their Namespace or Node is seen (or take_dirty()).
+        self._waiting: set[Ref] = set()
         self._handlers: dict[kube.AnyKind, Callable[[kube.ObjectKey, dict[str, Any] | None], None]] = {
             kube.Kind.NODE: self._node,
             kube.Kind.NAMESPACE: self._namespace,
@@ -101,7 +105,38 @@ class Inventory:
     def take_dirty(self) -> Dirty:
         """What changed since the last call."""
         dirty, self._dirty = self._dirty, Dirty()
+        dirty.pods |= self._waiting
+        self._waiting = set()
         return dirty
+
+    def take_settled(self) -> Dirty:
+        """The dirty nodes, and the dirty pods whose Namespace and Node have been seen; the rest stays dirty.
+
+        For publishing while the source's initial state is still arriving. A node's record depends on its Node
+        alone. A pod's entries depend on its namespace being global (the Namespace's annotation) and on its
+        node's InternalIP: once both objects have been seen, what comes later in the initial state does not
+        change them, whereas a pod published before them could be written with a default that the Namespace
+        or Node then corrects (a wasted write, or an identity allocated for nothing). Either way the result is
+        correct: a later change of either marks the pod dirty again. Services wait for the whole initial
+        state (their backends come from slices that may arrive later).
+        """
+        dirty = self._dirty
+        settled = Dirty(nodes=dirty.nodes, pods=set())
+        dirty.nodes = set()
+        for ref in dirty.pods:
+            pod = self.pods.get(ref)
+            if pod is None or (pod.namespace in self._global and pod.node in self.node_ips):
+                settled.pods.add(ref)
+                self._waiting.discard(ref)
+            else:
+                self._waiting.add(ref)
+        dirty.pods = set()
+        return settled
+
+    def _wake(self, pods: set[Ref] | None) -> None:
+        """Make the waiting pods among `pods` dirty again: their Namespace or Node has just been seen."""
+        if pods and self._waiting:
+            self._dirty.pods.update(self._waiting.intersection(pods))
 
     def is_global(self, namespace: str) -> bool:
         """Whether the namespace's services and pods are exported."""
@@ -125,10 +160,13 @@ class Inventory:
         if parsed != previous:
             self._dirty.nodes.add(key.name)
         if host_before != host_after:
+            # Also wakes the pods that waited for their node (take_settled).
             self._dirty.pods.update(self._pods_by_node.get(key.name, ()))
 
     def _namespace(self, key: kube.ObjectKey, obj: dict[str, Any] | None) -> None:
         before = self.is_global(key.name)
+        if obj is not None and key.name not in self._global:
+            self._wake(self._pods_by_namespace.get(key.name))
         if obj is None:
             self._global.pop(key.name, None)
         else:

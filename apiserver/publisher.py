@@ -7,10 +7,18 @@ Start-up order (reference §2.3, §7; DESIGN.md "Publishing semantics"):
    identities seeded into the allocator: a restart rewrites nothing that did not change, and keeps every
    identity number. (The lease id is thus kept in etcd: it is each key's lease.)
 2. Write the cluster config (ClusterConfigEnforcer), before any data.
-3. Run the source. Events before its SYNCED are only collected; at SYNCED everything is converted at once
-   (so initial identity numbers are handed out in a deterministic order), written, primed keys that are no
-   longer wanted are deleted, and every store is marked synced: each writes its canary once its keys have
-   landed. The publisher is ready when every canary is written.
+3. Run the source. While its initial state arrives, what no object still to come changes is converted and
+   written at once (Inventory.take_settled: nodes, and pods whose Namespace and Node have been seen), so
+   that etcd writes while the source is still being read; at SYNCED the rest is converted and written,
+   primed keys that are no longer wanted are deleted, and every store is marked synced: each writes its
+   canary once its keys have landed. The publisher is ready when every canary is written.
+
+   Identity numbers are thus handed out as label sets appear (sorted within each round of events), as
+   Cilium's own allocator does, not in sorted order over the whole initial state: a fresh cluster's numbers
+   depend on the order its objects arrive in. Nothing relies on that order: a restart seeds every number
+   from etcd (step 1) and so rewrites nothing, whatever the order, and peers read numbers, not label order.
+   Numbering only at SYNCED kept every ipcache write (each names its identity's number) until the whole
+   source had been read and parsed, with etcd idle meanwhile.
 4. After that, each batch of events is converted and written incrementally; unchanged records cause no
    write (the stores skip values etcd already holds). Unused identities are released after their grace
    period, checked on the identity GC tick.
@@ -296,8 +304,8 @@ class Publisher:
     async def flush(self) -> None:
         """Wait until the events delivered so far are converted and their writes have landed in etcd.
 
-        Only while run() runs. Before the source's initial sync events are only collected, so until then this
-        returns without waiting for writes.
+        Only while run() runs. Before the source's initial sync only what can be published early is (see the
+        module docstring, step 3): the rest waits for SYNCED, and this does not wait for it.
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Flush(done))
@@ -321,7 +329,9 @@ class Publisher:
                     if debug:
                         log.debug("event=source.%s object=%s", item.type.value, item.key)
                     self.inventory.apply(item)
-            if self.source_synced:
+            if not self.source_synced:
+                await self._publish_settled()
+            else:
                 await self._reconcile()
                 if not self.ready.is_set():
                     await self._complete_initial_sync(started)
@@ -360,6 +370,14 @@ class Publisher:
         )
 
     # --- conversion -----------------------------------------------------------------------------------
+
+    async def _publish_settled(self) -> None:
+        """Before SYNCED: write what the rest of the initial state will not change (module docstring, step 3)."""
+        settled = self.inventory.take_settled()
+        for name in sorted(settled.nodes):
+            self._publish_node(name)
+        if settled.pods:
+            await self._publish_pods(sorted(settled.pods))
 
     async def _reconcile(self) -> None:
         dirty = self.inventory.take_dirty()
@@ -415,7 +433,7 @@ class Publisher:
         for ref in refs:
             pod = self.inventory.pods.get(ref)
             wanted[ref] = pod if pod is not None and self.inventory.is_global(pod.namespace) else None
-        # Sorted, so that a given cluster gets the same numbers whatever order its objects arrived in.
+        # Sorted, so that the numbers of one round do not depend on the order of its events.
         missing = sorted({pod.labels for pod in wanted.values() if pod and self.allocator.lookup(pod.labels) is None})
         if missing:
             for created in await self.allocator.allocate(missing):

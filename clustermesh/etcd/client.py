@@ -312,19 +312,21 @@ class EtcdClient:
 
     async def list_pages(
         self, prefix: bytes, *, page_size: int = DEFAULT_PAGE_SIZE, keys_only: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = None, max_create_revision: int = 0,
     ) -> AsyncIterator[tuple[int, Sequence[pb.KeyValue]]]:
         """Every key under prefix as (revision, page) pairs, all pages read at one pinned revision.
 
         For readers inside clustermesh/etcd that consume a large prefix as it arrives instead of holding it
-        whole; the pages are etcd's own messages, so nothing is copied on the way.
+        whole; the pages are etcd's own messages, so nothing is copied on the way. With max_create_revision,
+        only keys created at or before that revision (etcd filters them; 0: every key).
         """
         end = keys.prefix_range_end(prefix)
         revision = 0
         start = prefix
         while True:
             request = pb.RangeRequest(
-                key=start, range_end=end, limit=page_size, revision=revision, keys_only=keys_only
+                key=start, range_end=end, limit=page_size, revision=revision, keys_only=keys_only,
+                max_create_revision=max_create_revision,
             )
             with mapped_errors(f"list {prefix!r}"):
                 resp = await self._kv.Range(request, timeout=self._timeout(timeout))
@@ -337,13 +339,16 @@ class EtcdClient:
 
     async def list_prefix(
         self, prefix: bytes, *, page_size: int = DEFAULT_PAGE_SIZE, keys_only: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = None, max_create_revision: int = 0,
     ) -> ListResult:
-        """Every key under prefix, read page by page at one pinned revision (a consistent snapshot)."""
+        """Every key under prefix, read page by page at one pinned revision (a consistent snapshot).
+
+        With max_create_revision, only keys created at or before that revision (0: every key).
+        """
         kvs: list[KeyValue] = []
         revision = 0
         async for page_revision, page in self.list_pages(prefix, page_size=page_size, keys_only=keys_only,
-                                                         timeout=timeout):
+                                                         timeout=timeout, max_create_revision=max_create_revision):
             revision = page_revision
             kvs.extend(KeyValue(kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.lease) for kv in page)
         return ListResult(kvs, revision)

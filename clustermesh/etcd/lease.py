@@ -4,6 +4,11 @@ Owns: which lease each key is attached to, the keep-alive stream (a refresh ever
 lease is gone (a keep-alive reply with TTL <= 0, or NOT_FOUND) so that the writer re-publishes the keys that
 were attached to it. Why at most 1000 keys per lease: etcd's put latency grows with the number of keys on one
 lease (etcd-io/etcd#15993); Cilium uses the same cap.
+
+Granting is a round trip through etcd's raft log, and every writer that needs a new key's lease would wait for
+it: at 58,000 keys, 58 stalls of every store's writes. So run() grants the next lease ahead, once the current one
+is half full, and lease_for() moves on to it without waiting; it grants inline only when that spare is not
+there yet (or was lost). The spare is kept alive like the leases in use and revoked with them.
 """
 
 from __future__ import annotations
@@ -48,9 +53,15 @@ class LeasePool:
         self._lease_of: dict[bytes, int] = {}
         self._current = 0
         self._grant_lock = asyncio.Lock()
+        # Granted by run() ahead of need, no key attached yet; 0 if none. _spare_wanted asks run() for one.
+        self._spare = 0
+        self._spare_wanted = asyncio.Event()
 
     def __repr__(self) -> str:
-        return f"<LeasePool leases={len(self._keys)} keys={len(self._lease_of)} ttl={self.ttl}>"
+        return (
+            f"<LeasePool leases={len(self._keys)} keys={len(self._lease_of)} ttl={self.ttl} "
+            f"spare={self._spare:x}>"
+        )
 
     def on_lost(self, listener: Callable[[set[bytes]], None]) -> None:
         """Call listener(keys) whenever a lease is found expired; each listener picks the keys it owns."""
@@ -58,27 +69,45 @@ class LeasePool:
 
     @property
     def leases(self) -> list[int]:
-        """Ids of the leases in use."""
+        """Ids of the leases in use (not the spare)."""
         return list(self._keys)
 
+    @property
+    def spare(self) -> int:
+        """The lease granted ahead for the next keys, 0 if none."""
+        return self._spare
+
     async def lease_for(self, key: bytes) -> int:
-        """The lease key is (or now gets) attached to; grants a new lease when the current one is full."""
+        """The lease key is (or now gets) attached to; moves on to a new lease when the current one is full."""
         lease = self._lease_of.get(key)
         if lease is not None:
             return lease
-        # The common case needs no lock: the current lease has room. Only granting must be serialised.
+        # The common case needs no lock: the current lease has room, or the spare is there to take over. Only
+        # granting inline (no spare yet) must be serialised.
         current = self._current
-        if current and len(self._keys[current]) < self.max_keys_per_lease:
-            self._keys[current].add(key)
-            self._lease_of[key] = current
-            return current
-        async with self._grant_lock:
-            if not self._current or len(self._keys[self._current]) >= self.max_keys_per_lease:
-                self._current = await self.client.lease_grant(self.ttl)
-                self._keys[self._current] = set()
-            self._keys[self._current].add(key)
-            self._lease_of[key] = self._current
-            return self._current
+        if not current or len(self._keys[current]) >= self.max_keys_per_lease:
+            current = self._take_spare()
+            if not current:
+                async with self._grant_lock:
+                    current = self._current
+                    if not current or len(self._keys[current]) >= self.max_keys_per_lease:
+                        current = self._take_spare() or self._use(await self.client.lease_grant(self.ttl))
+        attached = self._keys[current]
+        attached.add(key)
+        self._lease_of[key] = current
+        if len(attached) == self.max_keys_per_lease // 2 and not self._spare:
+            self._spare_wanted.set()
+        return current
+
+    def _take_spare(self) -> int:
+        """Make the spare the current lease and return it; 0 if there is none."""
+        spare, self._spare = self._spare, 0
+        return self._use(spare) if spare else 0
+
+    def _use(self, lease: int) -> int:
+        self._current = lease
+        self._keys[lease] = set()
+        return lease
 
     def adopt(self, lease: int, keys: Iterable[bytes]) -> None:
         """Take over a lease granted by an earlier run of this writer, with the keys attached to it in etcd.
@@ -105,6 +134,10 @@ class LeasePool:
             self._keys[lease].discard(key)
 
     def _lost(self, lease: int) -> None:
+        if lease == self._spare:
+            self._spare = 0
+            log.info("event=lease.lost lease=%x keys=0 spare=true", lease)
+            return
         keys = self._keys.pop(lease, set())
         for key in keys:
             self._lease_of.pop(key, None)
@@ -117,17 +150,44 @@ class LeasePool:
 
     async def revoke_all(self) -> None:
         """Revoke every lease (deleting its keys in etcd) and forget them."""
-        for lease in list(self._keys):
+        for lease in self._all_leases():
             await self.client.lease_revoke(lease)
         self._keys.clear()
         self._lease_of.clear()
         self._current = 0
+        self._spare = 0
+
+    def _all_leases(self) -> list[int]:
+        """The leases in use and the spare: the leases to keep alive."""
+        return [*self._keys, self._spare] if self._spare else list(self._keys)
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
-        """Keep every lease alive until cancelled; reconnect the keep-alive stream with backoff."""
+        """Keep every lease alive and grant spares until cancelled; reconnect the keep-alive stream with backoff."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._keep_alive(), name="lease keepalive")
+            group.create_task(self._grant_ahead(), name="lease grant ahead")
+            if ready is not None:
+                ready.set()
+
+    async def _grant_ahead(self) -> None:
+        """Grant a spare whenever lease_for() asks for one; etcd errors are retried with backoff."""
         retry = backoff.Backoff(initial=0.2, maximum=min(5.0, self.ttl / 3))
-        if ready is not None:
-            ready.set()
+        while True:
+            await self._spare_wanted.wait()
+            self._spare_wanted.clear()
+            if self._spare:
+                continue
+            try:
+                self._spare = await self.client.lease_grant(self.ttl)
+            except errors.StoreError as exc:
+                log.info("event=lease.grant.failed reason=%s", exc)
+                self._spare_wanted.set()
+                await retry.wait()
+                continue
+            retry.reset()
+
+    async def _keep_alive(self) -> None:
+        retry = backoff.Backoff(initial=0.2, maximum=min(5.0, self.ttl / 3))
         while True:
             try:
                 await self._keep_alive_stream(retry)
@@ -138,7 +198,7 @@ class LeasePool:
 
     async def verify(self) -> None:
         """Ask etcd which leases survived (after an outage, or a put refused for a missing lease)."""
-        for lease in list(self._keys):
+        for lease in self._all_leases():
             try:
                 if await self.client.lease_ttl(lease, timeout=2) <= 0:
                     self._lost(lease)
@@ -150,7 +210,7 @@ class LeasePool:
 
         async def requests() -> AsyncIterator[pb.LeaseKeepAliveRequest]:
             while True:
-                for lease in list(self._keys):
+                for lease in self._all_leases():
                     yield pb.LeaseKeepAliveRequest(ID=lease)
                 await asyncio.sleep(interval)
 
@@ -159,7 +219,7 @@ class LeasePool:
             async for resp in call:
                 self.client.check_header(resp.header)
                 retry.reset()
-                if resp.TTL <= 0 and resp.ID in self._keys:
+                if resp.TTL <= 0 and (resp.ID in self._keys or resp.ID == self._spare):
                     self._lost(resp.ID)
         except grpc.RpcError as exc:
             raise etcd_client.translate(exc, "lease keepalive") from exc

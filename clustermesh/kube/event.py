@@ -7,10 +7,11 @@ record of what it delivered (used to suppress duplicates): consumers must treat 
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
+
+import msgspec
 
 from clustermesh.kube import objects
 
@@ -22,9 +23,12 @@ class EventType(enum.Enum):
     DELETE = "delete"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Event:
-    """An object was added or changed (UPSERT, `obj` is the new state) or removed (DELETE, its last state)."""
+class Event(msgspec.Struct, frozen=True):
+    """An object was added or changed (UPSERT, `obj` is the new state) or removed (DELETE, its last state).
+
+    A frozen msgspec Struct rather than a frozen dataclass: one per object delivered, and a sixth of the cost
+    to build (a frozen dataclass sets each field through object.__setattr__).
+    """
 
     type: EventType
     key: objects.ObjectKey

@@ -4,18 +4,22 @@ Covers: numbers handed out in order from the start of the cluster's range and wr
 number whose key exists with another label string is skipped and left alone (create-only); a key that
 already holds our label string is taken back; seeding refuses numbers outside the range and duplicates; a
 released identity expires only after its grace period (manual clock) and its number is not reused at once;
-an exhausted range is reported, not raised. Excludes: which pods reference which identity (the publisher's
+an exhausted range is reported, not raised; claims of many identities run several transactions at once and
+give the numbers sequential claims would. Excludes: which pods reference which identity (the publisher's
 scenarios), restarts of the whole apiserver (test_daemon.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any, cast
 
 import pytest
 
 from apiserver import identities
 from clustermesh import identity, keys, records
+from clustermesh.etcd import client as etcd_client
 from clustermesh.etcd import lease as etcd_lease
 from tests.apiserver.conftest import CLUSTER_ID
 
@@ -56,6 +60,51 @@ async def test_taken_number_is_skipped_and_left_alone(admin, allocator, caplog) 
     assert f"event=identity.taken id={FIRST}" in caplog.text
     # The taken number is never offered again.
     assert await allocator.allocate([CACHE]) == [records.Identity(FIRST + 3, CACHE)]
+
+
+class ConcurrentTxns:
+    """The real client, whose transactions wait until `expected` of them are in flight at once."""
+
+    def __init__(self, client: etcd_client.EtcdClient, expected: int) -> None:
+        self._client = client
+        self._expected = expected
+        self._inflight = 0
+        self._all_in = asyncio.Event()
+        self.max_inflight = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+    async def txn(self, *args: Any, **kwargs: Any) -> etcd_client.TxnResult:
+        self._inflight += 1
+        self.max_inflight = max(self.max_inflight, self._inflight)
+        if self._inflight >= self._expected:
+            self._all_in.set()
+        try:
+            await self._all_in.wait()
+            return await self._client.txn(*args, **kwargs)
+        finally:
+            self._inflight -= 1
+
+
+async def test_claims_run_in_flight_together_with_the_numbers_of_sequential_claims(admin, clock) -> None:
+    await admin.put(key(FIRST + 300), b"k8s:app=someone-else;")
+    client = ConcurrentTxns(admin, expected=identities.MAX_CLAIMS_IN_FLIGHT)
+    leases = etcd_lease.LeasePool(admin, ttl=30)
+    allocator = identities.IdentityAllocator(
+        cast(etcd_client.EtcdClient, client), leases, cluster_id=CLUSTER_ID, max_clusters=255, clock=clock, grace=1.0
+    )
+    labels = [f"k8s:app=a{index:04d};" for index in range(600)]
+    # Five batches of at most 128; they would wait for each other forever if claimed one after the other.
+    created = await asyncio.wait_for(allocator.allocate(labels), 10)
+    assert client.max_inflight == identities.MAX_CLAIMS_IN_FLIGHT
+    # The batch holding the taken number was claimed again one number at a time, skipping only that number.
+    numbers = {found.labels: found.id for found in created}
+    assert len(numbers) == 600 and FIRST + 300 not in numbers.values()
+    assert [numbers[text] for text in labels[:300]] == list(range(FIRST, FIRST + 300))
+    assert sorted(numbers.values()) == [*range(FIRST, FIRST + 300), *range(FIRST + 301, FIRST + 601)]
+    stored = await admin.list_prefix(keys.watch_prefix(keys.Kind.IDENTITIES, "cluster-a", cached=False).encode())
+    assert {kv.value.decode(): int(kv.key.rsplit(b"/", 1)[1]) for kv in stored.kvs if kv.lease} == numbers
 
 
 async def test_key_already_holding_our_labels_is_taken_back(admin, allocator) -> None:

@@ -3,17 +3,23 @@
 Covers: a lease that vanishes under a running publisher (revoked, as after an etcd-side expiry) → every key
 it held is put back, the cluster config and identities included; the cluster config put back after someone
 changes it; the heartbeat rewritten every interval on a lease; restarting in process on the same etcd
-adopts the live leases; a second concurrent run() is refused.
+adopts the live leases; a second concurrent run() is refused; while the source's initial state arrives, pods
+whose Namespace and Node have been seen are written at once (canaries still wait for SYNCED), the others at
+SYNCED.
 Excludes: conversion (test_scenarios.py), the process (test_daemon.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
 import pytest
 
 from apiserver import publisher as publisher_module
 from clustermesh import kube
-from tests.apiserver.conftest import CLUSTER, state
+from tests.apiserver.conftest import CLUSTER, DEADLINE, canaries, options, state
 from tests.helpers import eventually
 
 PODS = """\
@@ -93,3 +99,66 @@ async def test_second_run_is_refused(source, start_publisher) -> None:
     async with start_publisher(source) as running:
         with pytest.raises(RuntimeError, match="already running"):
             await running.publisher.run()
+
+
+class HeldSource:
+    """A source that delivers its objects at once and SYNCED only when `release` is set."""
+
+    kinds = frozenset(kube.Kind)
+
+    def __init__(self, objects: Iterable[dict[str, Any]]) -> None:
+        self.objects = list(objects)
+        self.release = asyncio.Event()
+
+    async def run(self, sink: kube.EventSink, *, ready: asyncio.Event | None = None) -> None:
+        for obj in self.objects:
+            metadata = obj["metadata"]
+            key = kube.ObjectKey(kube.Kind(obj["kind"]), metadata.get("namespace", ""), metadata["name"])
+            await sink(kube.Event(kube.EventType.UPSERT, key, obj))
+        await self.release.wait()
+        await sink(kube.SYNCED)
+        if ready is not None:
+            ready.set()
+        await asyncio.Event().wait()
+
+
+def pod(name: str, namespace: str, node: str, ip: str) -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+        "spec": {"nodeName": node},
+        "status": {"podIP": ip, "hostIP": "172.18.0.9"},
+    }
+
+
+async def test_settled_pods_are_written_before_the_source_is_synced(admin, clock) -> None:
+    source = HeldSource([
+        {"kind": "Namespace", "metadata": {"name": "shop"}},
+        {"kind": "Node", "metadata": {"name": "node-1"},
+         "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}},
+        pod("web", "shop", "node-1", "10.244.0.10"),
+        pod("unseen-namespace", "later", "node-1", "10.244.0.11"),
+        pod("unseen-node", "shop", "node-2", "10.244.0.12"),
+    ])
+    publisher = publisher_module.Publisher(admin, source, options(), clock=clock)
+    task = asyncio.create_task(publisher.run(), name="test publisher")
+    try:
+        ip = "cilium/state/ip/v1/default/"
+        await eventually(lambda: publisher.kind_status()[-1].keys == 1, timeout=DEADLINE)
+        await publisher.flush()
+        early = await state(admin)
+        assert f"{ip}10.244.0.10" in early and f"cilium/state/nodes/v1/{CLUSTER}/node-1" in early
+        assert f"{ip}10.244.0.11" not in early and f"{ip}10.244.0.12" not in early
+        assert await canaries(admin) == {} and not publisher.ready.is_set()
+
+        source.release.set()
+        async with asyncio.timeout(DEADLINE):
+            await publisher.ready.wait()
+        final = await state(admin)
+        assert {f"{ip}10.244.0.10", f"{ip}10.244.0.11", f"{ip}10.244.0.12"} <= final.keys()
+        # Written once: the early entry was not rewritten at SYNCED.
+        assert final[f"{ip}10.244.0.10"].mod_revision == early[f"{ip}10.244.0.10"].mod_revision
+        assert len(await canaries(admin)) == len(publisher_module.KINDS)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

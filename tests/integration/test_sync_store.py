@@ -116,6 +116,66 @@ async def test_sync_sweeps_leftovers_then_writes_canary(admin) -> None:
     assert canary is not None and canary.value == b"2026-01-01T00:00:00Z" and canary.lease != 0
 
 
+async def test_sweep_lists_only_keys_that_predate_the_session(admin) -> None:
+    await admin.put(b"p/left-over", b"from an earlier run")
+    leases = etcd_lease.LeasePool(admin, ttl=30)
+    store = sync_store.SyncStore(admin, leases, prefix=b"p/", canary=(b"synced/p", lambda: b"now"))
+    listed: list[int] = []
+    list_prefix = admin.list_prefix
+
+    async def recording_list(prefix: bytes, **kwargs: Any) -> etcd_client.ListResult:
+        result = await list_prefix(prefix, **kwargs)
+        listed.append(len(result.kvs))
+        return result
+
+    async with running(leases, store):
+        for i in range(300):
+            store.upsert(f"p/{i}".encode(), b"v")
+        await asyncio.wait_for(store.flush(), 10)
+        # Created by another writer during the session: documented as not swept (a later session sweeps it).
+        await admin.put(b"p/foreign", b"written meanwhile")
+        admin.list_prefix = recording_list
+        try:
+            store.mark_synced()
+            await asyncio.wait_for(store.synced.wait(), 10)
+        finally:
+            del admin.list_prefix
+    # The sweep listed the one key older than the session, not the 300 just written.
+    assert listed == [1]
+    assert await admin.get(b"p/left-over") is None
+    assert await admin.get(b"p/foreign") is not None
+    assert await admin.count_prefix(b"p/") == 301
+
+
+async def test_lease_granted_ahead_takes_over_without_a_grant_on_the_write_path(admin) -> None:
+    client = GatedClient(admin)
+    grants = asyncio.Event()
+    grants.set()
+    lease_grant = admin.lease_grant
+
+    async def gated_grant(ttl: int, **kwargs: Any) -> int:
+        await grants.wait()
+        return await lease_grant(ttl, **kwargs)
+
+    client.lease_grant = gated_grant  # type: ignore[method-assign]
+    leases = etcd_lease.LeasePool(cast(etcd_client.EtcdClient, client), ttl=30, max_keys_per_lease=10)
+    async with running(leases):
+        first = [await leases.lease_for(f"g/{i}".encode()) for i in range(5)]
+        # Half full: run() grants the next lease ahead.
+        await eventually(lambda: leases.spare != 0, timeout=5)
+        spare = leases.spare
+        grants.clear()
+        # Every grant now blocks: the next lease must be the spare, taken without waiting for etcd.
+        later = [await asyncio.wait_for(leases.lease_for(f"g/{i}".encode()), 5) for i in range(5, 15)]
+        assert set(first) == set(later[:5]) and first[0] != spare
+        assert later[5:] == [spare] * 5 and leases.leases == [first[0], spare] and leases.spare == 0
+        grants.set()
+        await eventually(lambda: leases.spare not in (0, spare), timeout=5)
+        assert (await admin.lease_ttl(leases.spare)) > 0
+        await leases.revoke_all()
+    assert leases.leases == [] and leases.spare == 0
+
+
 async def test_delete_removes_key_and_lost_lease_republishes(admin) -> None:
     leases = etcd_lease.LeasePool(admin, ttl=3)
     store = sync_store.SyncStore(admin, leases, prefix=b"q/")
