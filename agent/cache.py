@@ -13,10 +13,31 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+import msgspec
+
 from clustermesh import keys, records
 
 Kind = keys.Kind
-Record = records.Node | records.ClusterService | records.ServiceExport | records.Identity | records.IPIdentityPair
+
+
+class IPCacheEntry(msgspec.Struct, frozen=True, gc=False):
+    """What the cache keeps of a peer's ipcache entry (records.IPIdentityPair): the fields the agent serves.
+
+    Not the record itself: the pod UID, service account, metadata and named ports are never served, and IP and
+    mask are kept as the one text they are served as (Go's PrefixString, also the entry's cache name). Six
+    fields instead of eleven: 64 bytes instead of 112, for each of the hundreds of thousands of entries.
+    """
+
+    prefix: str
+    """The IP, or `ip/prefixlen` for a CIDR entry."""
+    id: int
+    host_ip: str = ""
+    key: int = 0
+    k8s_namespace: str = ""
+    k8s_pod_name: str = ""
+
+
+Record = records.Node | records.ClusterService | records.ServiceExport | records.Identity | IPCacheEntry
 
 
 class Change(NamedTuple):
@@ -144,12 +165,12 @@ class MeshCache:
         """(namespace, name) of every service some peer exports."""
         return list(self._services)
 
-    def lookup_ip(self, ip: str) -> tuple[str, records.IPIdentityPair] | None:
+    def lookup_ip(self, ip: str) -> tuple[str, IPCacheEntry] | None:
         """The peer and ipcache entry for an IP (or prefix) text, or None."""
         for cluster, entries in self._peers.items():
             record = entries.by_kind[Kind.IPCACHE].get(ip)
             if record is not None:
-                assert isinstance(record, records.IPIdentityPair)
+                assert isinstance(record, IPCacheEntry)
                 return cluster, record
         return None
 

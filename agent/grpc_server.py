@@ -126,10 +126,10 @@ def identity_message(cluster: str, record: records.Identity) -> agent_pb2.Identi
     return agent_pb2.Identity(id=record.id, cluster=cluster, labels=record.labels)
 
 
-def ipcache_message(cluster: str, entry: records.IPIdentityPair) -> agent_pb2.IPCacheEntry:
+def ipcache_message(cluster: str, entry: mesh_cache.IPCacheEntry) -> agent_pb2.IPCacheEntry:
     """The API form of a peer's ipcache entry."""
     return agent_pb2.IPCacheEntry(
-        prefix=entry.prefix_string,
+        prefix=entry.prefix,
         identity=entry.id,
         host_ip=entry.host_ip,
         cluster=cluster,
@@ -201,7 +201,7 @@ def _fill_event(event: agent_pb2.WatchEvent, pending: _Pending) -> None:
         event.node.CopyFrom(node_message(change.cluster, record))
     elif isinstance(record, records.Identity):
         event.identity.CopyFrom(identity_message(change.cluster, record))
-    elif isinstance(record, records.IPIdentityPair):
+    elif isinstance(record, mesh_cache.IPCacheEntry):
         event.ipcache.CopyFrom(ipcache_message(change.cluster, record))
     elif isinstance(record, records.ClusterService):
         event.service.CopyFrom(service_message(change.cluster, record))
@@ -337,7 +337,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         return agent_pb2.ListIPCacheResponse(entries=[
             ipcache_message(cluster, record)
             for cluster, _, record in self._items(Kind.IPCACHE, request.cluster)
-            if isinstance(record, records.IPIdentityPair)
+            if isinstance(record, mesh_cache.IPCacheEntry)
         ])
 
     async def ListServices(

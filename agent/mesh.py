@@ -9,6 +9,11 @@ stopped to reconnect with its new configuration, keeping its entries — then st
 and re-added before the reconciler ran is simply kept. Cancelling run() stops every peer without draining (stop
 is not remove). Cilium: pkg/clustermesh/common/clustermesh.go.
 
+Memory: peers reached at one etcd with the same credentials (KVStoreMesh) share one connection (the mesh's
+etcd ChannelPool). A sync leaves the heap full of holes where its list pages were (heap.py): once every peer
+is settled, and again after any later (re)sync of a peer, run() trims the heap, once per wakeup. A bootstrap
+trims once, at readiness; peers relisting together after an outage trim about once between them.
+
 Serving code reads the cache (agent/cache.py), statuses() and peer_synced(); it never touches a peer.
 """
 
@@ -21,10 +26,11 @@ import time
 from collections.abc import Callable, Mapping
 
 from agent import cache as mesh_cache
-from agent import cluster_ids, remote_cluster
+from agent import cluster_ids, heap, remote_cluster
 from agent.peer_status import PeerStatus
 from clustermesh import identity
 from clustermesh.aio import tasks
+from clustermesh.etcd import client as etcd_client
 from clustermesh.mesh_config import PeerConfig
 
 __all__ = ["LocalCluster", "Mesh", "PeerOptions"]
@@ -38,7 +44,10 @@ _DEFAULT_OPTIONS = PeerOptions()
 
 
 class Mesh:
-    """Every peer of the local cluster. set_peers() and the readers are safe before, during and after run()."""
+    """Every peer of the local cluster. set_peers() and the readers are safe before, during and after run().
+
+    `trim_heap` gives freed memory back to the OS (heap.trim; injectable for tests).
+    """
 
     def __init__(
         self,
@@ -47,6 +56,7 @@ class Mesh:
         *,
         options: PeerOptions = _DEFAULT_OPTIONS,
         clock: Callable[[], float] = time.monotonic,
+        trim_heap: Callable[[], object] = heap.trim,
     ) -> None:
         identity.validate_cluster_name(local.name)
         identity.validate_cluster_id(local.cluster_id, local.max_connected_clusters)
@@ -58,12 +68,16 @@ class Mesh:
             local_cluster=local.name, local_id=local.cluster_id, max_clusters=local.max_connected_clusters
         )
         self._pod_cidrs = cluster_ids.PodCIDRs(local_cluster=local.name, local_cidrs=local.pod_cidrs)
+        self._channels = etcd_client.ChannelPool()
         self._desired: dict[str, PeerConfig] = {}
         self._problems: dict[str, str] = {}
         self._peers: dict[str, remote_cluster.RemoteCluster] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._running = False
+        self._trim_heap = trim_heap
+        # Set when a peer completed a sync since the last trim.
+        self._synced_since_trim = False
 
     def __repr__(self) -> str:
         return (
@@ -101,9 +115,13 @@ class Mesh:
                 self._wake.clear()
                 self._raise_if_crashed()
                 await self._reconcile()
-                if ready is not None and not ready.is_set() and self._all_settled():
+                settled = self._all_settled()
+                if ready is not None and not ready.is_set() and settled:
                     log.info("event=mesh.ready peers=%d", len(self._peers))
                     ready.set()
+                if self._synced_since_trim and settled:
+                    self._synced_since_trim = False
+                    self._trim_heap()
         finally:
             running = list(self._tasks.values())
             self._tasks.clear()
@@ -157,7 +175,7 @@ class Mesh:
                 log.info("event=mesh.peer.added cluster=%s endpoints=%s", name, ",".join(config.etcd.endpoints))
                 self._peers[name] = remote_cluster.RemoteCluster(
                     config, local=self.local, cache=self.cache, ids=self._ids, pod_cidrs=self._pod_cidrs,
-                    options=self.options, clock=self._clock,
+                    options=self.options, clock=self._clock, on_synced=self._peer_synced, channels=self._channels,
                 )
             task = asyncio.create_task(self._run_peer(self._peers[name]), name=f"peer {name}")
             task.add_done_callback(lambda _: self._wake.set())
@@ -169,6 +187,10 @@ class Mesh:
             group.create_task(peer.run(ready=settled), name=f"run {peer.name}")
             await settled.wait()
             self._wake.set()
+
+    def _peer_synced(self) -> None:
+        self._synced_since_trim = True
+        self._wake.set()
 
     def _all_settled(self) -> bool:
         return all(name in self._peers and self._peers[name].settled for name in self._desired)

@@ -8,17 +8,20 @@ prefix is shared by every cluster that writes to that etcd; the range check is w
 
 A rejected record is skipped, counted per peer and per reason (InvalidRecords), and logged once with the
 cluster and the key. It never evicts what the cache holds under that name (the last good value stays) and never
-stops the watch: peer data is untrusted, and one bad record must not cost the others.
+stops the watch: peer data is untrusted, and one bad record must not cost the others. Its name is remembered
+until its delete (HeldNames), so that a relist does not deliver, and count, an unchanged bad record again.
 
-Cache names are the key minus the watch prefix: the node name, `<namespace>/<name>`, the identity number, the
-IP (or `ip/len`). Deletes need no decoding, which keeps them correct even for keys whose value was rejected.
-The name is handed to the codec, which then need not parse the key again (the prefix says whose record of
-which kind it is).
+Cache names are the key minus the watch prefix, as the WatchStore hands them over: the node name,
+`<namespace>/<name>`, the identity number, the IP (or `ip/len`). Deletes need no decoding, which keeps them
+correct even for keys whose value was rejected. The name is handed to the codec, which then need not parse the
+key again (the prefix says whose record of which kind it is).
 
 Memory: an agent holds every record of every peer, so values that repeat across a peer's records are kept once
-(Shared): the identity numbers of ipcache entries, named-port lists, CIDR masks, and strings from small
-vocabularies (the cluster name, node address types and sources, label keys, namespaces). That halves an
-ipcache entry.
+(Shared): identity numbers (of identities and of the ipcache entries naming them), CIDR masks, and strings from
+small vocabularies (the cluster name, node address types and sources, label keys, namespaces). Of an ipcache
+entry only what is served is kept (cache.IPCacheEntry). A name is one string, kept once: it is the cache's key,
+the store's (HeldNames lends the cache's keys to the store, which keeps no set of its own) and the record's own
+name field where it has one (a node's name, an ipcache entry's prefix).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 
 import msgspec
@@ -34,6 +37,7 @@ import msgspec
 from agent import cache as mesh_cache
 from clustermesh import codec, records
 from clustermesh.errors import DecodeError
+from clustermesh.etcd import watch_store
 from clustermesh.keys import Kind
 
 log = logging.getLogger(__name__)
@@ -113,12 +117,50 @@ class NodeClaims(Protocol):
         ...
 
 
+class HeldNames:
+    """The names a PeerObserver was handed and not yet told to delete: its kind's cache names for the peer, and
+    the names whose record it rejected with nothing cached under them.
+
+    watch_store.Names for the observer's store, which then keeps no set of its own (~30 bytes per entry). The
+    observer records names in on_upsert and on_delete, so add and discard do nothing.
+    """
+
+    def __init__(self, cache: mesh_cache.MeshCache, kind: Kind, cluster: str) -> None:
+        self._cache = cache
+        self._kind = kind
+        self._cluster = cluster
+        self.rejected: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<HeldNames {self._cluster}:{self._kind.value} held={len(self)} rejected={len(self.rejected)}>"
+
+    def __contains__(self, name: object, /) -> bool:
+        if name in self.rejected:
+            return True
+        return isinstance(name, str) and self._cache.get(self._kind, self._cluster, name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        for _, name, _ in self._cache.items(self._kind, self._cluster):
+            yield name
+        yield from self.rejected
+
+    def __len__(self) -> int:
+        return self._cache.count(self._cluster, self._kind) + len(self.rejected)
+
+    def add(self, name: str, /) -> None:
+        pass
+
+    def discard(self, name: str, /) -> None:
+        pass
+
+
 class PeerObserver:
     """Feeds one kind of one peer into the cache. Called from the WatchStore's task; never blocks.
 
     bind() must be called before the store runs and again whenever the peer's identity is re-read. Fields
     are mutated only from the event loop, by the store's callbacks and the owning connection. `shared` is the
     peer's table of repeated values (one per peer, given to each of its observers; by default its own).
+    `names` are the names it holds, to be lent to every store that feeds it.
     """
 
     def __init__(
@@ -142,95 +184,75 @@ class PeerObserver:
         self._on_listed = on_listed
         self._claims = node_claims
         self._shared = shared or Shared()
-        self._prefix_len = 0
+        self._prefix = b""
+        self._prefix_text = ""
         self._decode: Decoder | None = None
-        # Cache names to delete at the next list-done unless the list delivers them: set when the store
-        # feeding this observer was replaced (another etcd, another prefix) and so cannot sweep them itself.
-        self._stale: set[str] = set()
+        self.names = HeldNames(cache, kind, cluster)
 
     def __repr__(self) -> str:
         return (
             f"<PeerObserver {self.cluster}:{self.kind.value} cached={self._cache.count(self.cluster, self.kind)} "
-            f"stale={len(self._stale)}>"
+            f"rejected={len(self.names.rejected)}>"
         )
 
     def bind(self, *, prefix: bytes, cluster_id: int, max_clusters: int) -> None:
         """Decode keys under prefix as records of a peer with this cluster ID and max-connected-clusters."""
-        self._prefix_len = len(prefix)
+        self._prefix = prefix
+        self._prefix_text = prefix.decode()
         self._decode = _decoder(self.kind, self.cluster, cluster_id, max_clusters, self._shared)
 
-    def begin_full_resync(self) -> None:
-        """Treat every cached entry of this kind as stale until the next list delivers it again.
-
-        For a new WatchStore that replaces one whose keys it cannot know (a different etcd, a different
-        prefix): at its first list-done, names it did not deliver are deleted.
-        """
-        self._stale.update(name for _, name, _ in self._cache.items(self.kind, self.cluster))
-
-    def on_upsert(self, key: bytes, value: bytes) -> None:
+    def on_upsert(self, name: str, value: bytes) -> None:
         self.last_event_at = self._clock()
         assert self._decode is not None, "bind() before the store runs"
-        try:
-            text = key.decode()
-            name = text[self._prefix_len :]
-            if self._stale:
-                # Seen is enough to not be stale: an invalid value keeps the last good one, as on any update.
-                self._stale.discard(name)
-            record = self._decode(text, value, name)
-        except DecodeError as exc:
-            self._reject(exc.key, exc.reason)
+        if not name.isascii() and not _is_utf8(name):
+            self._reject(name, repr(watch_store.key_of(self._prefix, name)), "key is not valid UTF-8")
             return
-        except UnicodeDecodeError:
-            self._reject(repr(key), "key is not valid UTF-8")
+        try:
+            record = self._decode(self._prefix_text + name, value, name)
+        except DecodeError as exc:
+            self._reject(name, exc.key, exc.reason)
             return
         if self._claims is not None:
             assert isinstance(record, records.Node)
             if not self._claims.claim(name, record):
+                self._hold_rejected(name)
                 return
-            name = _same_text(record.name, name)
-        elif isinstance(record, records.IPIdentityPair):
-            name = _same_text(record.ip, name)
         self._cache.upsert(self.kind, self.cluster, name, record)
+        rejected = self.names.rejected
+        if rejected:
+            rejected.discard(name)
 
-    def on_delete(self, key: bytes) -> None:
+    def on_delete(self, name: str) -> None:
         self.last_event_at = self._clock()
-        try:
-            name = key.decode()[self._prefix_len :]
-        except UnicodeDecodeError:
-            return  # never cached
-        self._remove(name)
-
-    def on_list_done(self) -> None:
-        for name in self._stale:
-            self._remove(name)
-        self._stale.clear()
-        self._on_listed(self.kind)
-
-    def drain_rest(self) -> int:
-        """Delete every cached entry of this kind of the peer; call after the store's drain(). Returns how many."""
-        self._stale.clear()
-        names = [name for _, name, _ in self._cache.items(self.kind, self.cluster)]
-        for name in names:
-            self._remove(name)
-        return len(names)
-
-    def _remove(self, name: str) -> None:
         if self._claims is not None:
             self._claims.release(name)
-        self._cache.delete(self.kind, self.cluster, name)
+        self._cache.delete(self.kind, self.cluster, name)  # a name never cached (not UTF-8, rejected): nothing
+        self.names.rejected.discard(name)
 
-    def _reject(self, key: str, reason: str) -> None:
+    def on_list_done(self) -> None:
+        self._on_listed(self.kind)
+
+    def _reject(self, name: str, key: str, reason: str) -> None:
+        self._hold_rejected(name)
         self._invalid.add(self.kind, reason)
         log.warning(
             "event=peer.record.invalid cluster=%s kind=%s key=%s reason=%r",
             self.cluster, self.kind.value, key[:_KEY_LOG_MAX], reason,
         )
 
+    def _hold_rejected(self, name: str) -> None:
+        # A name whose last good record is cached is held already (the last good value stays).
+        if self._cache.get(self.kind, self.cluster, name) is None:
+            self.names.rejected.add(name)
 
-def _same_text(held: str, name: str) -> str:
-    # The record already holds the name (a node's name, an ipcache entry's IP): key the cache with that
-    # string rather than a second copy. Across 100k+ entries that is ~60 bytes each.
-    return held if held == name else name
+
+def _is_utf8(name: str) -> bool:
+    # The store decodes names with surrogateescape: a key that was not UTF-8 carries lone surrogates.
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _decoder(kind: Kind, cluster: str, cluster_id: int, max_clusters: int, shared: Shared) -> Decoder:
@@ -243,6 +265,8 @@ def _decoder(kind: Kind, cluster: str, cluster_id: int, max_clusters: int, share
             record = codec.decode_node(key, value, cluster=cluster, cluster_id=cluster_id, name=name)
             return replace(
                 record,
+                # The name the store and the cache hold: one string rather than a copy per holder.
+                name=name if record.name == name else record.name,
                 cluster=cluster,
                 source=intern(record.source),
                 ip_addresses=record.ip_addresses and tuple(
@@ -271,16 +295,22 @@ def _decoder(kind: Kind, cluster: str, cluster_id: int, max_clusters: int, share
     if kind is Kind.IDENTITIES:
 
         def identity(key: str, value: bytes, name: str) -> records.Identity:
-            return codec.decode_identity(key, value, cluster=cluster, cluster_id=cluster_id, max_clusters=max_clusters)
+            record = codec.decode_identity(
+                key, value, cluster=cluster, cluster_id=cluster_id, max_clusters=max_clusters
+            )
+            return replace(record, id=shared(record.id))  # the number its ipcache entries hold
 
         return identity
 
-    def ip_identity(key: str, value: bytes, name: str) -> records.IPIdentityPair:
+    def ip_identity(key: str, value: bytes, name: str) -> mesh_cache.IPCacheEntry:
         record = codec.decode_ip_identity(
             key, value, cluster=cluster, cluster_id=cluster_id, max_clusters=max_clusters, name=name
         )
-        named_ports = record.named_ports
-        return replace(record, id=shared(record.id), named_ports=named_ports and shared(named_ports))
+        prefix = record.prefix_string
+        return mesh_cache.IPCacheEntry(
+            name if prefix == name else prefix, shared(record.id), record.host_ip, record.key,
+            record.k8s_namespace, record.k8s_pod_name,
+        )
 
     return ip_identity
 

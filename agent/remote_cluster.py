@@ -15,7 +15,7 @@ Each connection ("session"):
      without canaries). Every (re)start marks, relists and sweeps, so deletes missed while disconnected are
      delivered after the relist, and never before the canary says the peer's export is complete. When the
      etcd is not the one read before (another cluster ID, or its revision went backwards: a rebuilt etcd),
-     the stores are replaced and the observers sweep what the new lists do not deliver. Every node's pod
+     the stores are replaced and the new ones sweep what their first lists do not deliver. Every node's pod
      CIDRs are checked against the local cluster's and the other peers' as it arrives.
   The session ends at the first failure: a watch stream broken by keepalive or by etcd going away, a Status
   probe unanswered within the keepalive timeout (so a hung peer is detected within keepalive interval +
@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import ipaddress
 import logging
 import socket
 import time
@@ -141,14 +140,17 @@ class _CanaryGate:
 
     def __init__(self, cluster: str, kinds: tuple[Kind, ...], *, cached: bool) -> None:
         self._events = {kind: asyncio.Event() for kind in kinds}
-        self._by_key = {keys.synced_canary_key(cluster, kind, cached=cached).encode(): kind for kind in kinds}
+        prefix = keys.synced_prefix(cluster)
+        self._by_name = {
+            keys.synced_canary_key(cluster, kind, cached=cached).removeprefix(prefix): kind for kind in kinds
+        }
 
-    def on_upsert(self, key: bytes, value: bytes) -> None:
-        kind = self._by_key.get(key)
+    def on_upsert(self, name: str, value: bytes) -> None:
+        kind = self._by_name.get(name)
         if kind is not None:
             self._events[kind].set()
 
-    def on_delete(self, key: bytes) -> None:
+    def on_delete(self, name: str) -> None:
         pass
 
     def on_list_done(self) -> None:
@@ -174,7 +176,7 @@ class _NodeClaims:
         self._on_conflict = on_conflict
 
     def claim(self, name: str, node: records.Node) -> bool:
-        reason = self._pod_cidrs.claim(self._cluster, name, _pod_networks(node))
+        reason = self._pod_cidrs.claim(self._cluster, name, _pod_prefixes(node))
         if reason is None:
             return True
         self._on_conflict(reason)
@@ -184,7 +186,7 @@ class _NodeClaims:
         self._pod_cidrs.release(self._cluster, name)
 
 
-def _pod_networks(node: records.Node) -> tuple[cluster_ids.Network, ...]:
+def _pod_prefixes(node: records.Node) -> tuple[cluster_ids.Prefix, ...]:
     """The pod CIDRs a node allocates from (IPv4/IPv6, primary and secondary); the codec validated them."""
     cidrs = (
         node.ipv4_alloc_cidr,
@@ -192,35 +194,35 @@ def _pod_networks(node: records.Node) -> tuple[cluster_ids.Network, ...]:
         *(node.ipv4_secondary_alloc_cidrs or ()),
         *(node.ipv6_secondary_alloc_cidrs or ()),
     )
-    return tuple(_network(cidr) for cidr in cidrs if cidr is not None)
+    return tuple(_prefix(cidr) for cidr in cidrs if cidr is not None)
 
 
-_NETWORK_TYPES: dict[int, tuple[socket.AddressFamily, type[cluster_ids.Network]]] = {
-    4: (socket.AF_INET, ipaddress.IPv4Network),
-    16: (socket.AF_INET6, ipaddress.IPv6Network),
-}
+_FAMILIES = {4: (socket.AF_INET, 4), 16: (socket.AF_INET6, 6)}
 
 
-def _network(cidr: records.CIDR) -> cluster_ids.Network:
-    # CIDR.network() parses the IP text with ipaddress (6 us, a third of a node's ingest); built from the packed
-    # address it takes 1.5 us. The codec checked the mask is contiguous (so its bit count is the prefix length)
-    # and of the IP's family; an IP inet_pton does not parse (a zone) takes the reference path.
+def _prefix(cidr: records.CIDR) -> cluster_ids.Prefix:
+    # What CIDR.network() denotes, without ipaddress: parsing the IP text with it takes 6 us (a third of a
+    # node's ingest), inet_pton well under one. The codec checked the mask is contiguous (so its bit count is
+    # the prefix length) and of the IP's family; an IP inet_pton does not parse (a zone) takes the reference path.
     mask = cidr.mask or b""
-    family, network_type = _NETWORK_TYPES.get(len(mask), (None, None))
-    if family is None or network_type is None:
-        return cidr.network()
+    family, version = _FAMILIES.get(len(mask), (None, 0))
+    if family is None:
+        return cluster_ids.Prefix.of(cidr.network())
     try:
         packed = socket.inet_pton(family, cidr.ip)
     except (OSError, ValueError):
-        return cidr.network()
-    return network_type((int.from_bytes(packed), int.from_bytes(mask).bit_count()), strict=False)
+        return cluster_ids.Prefix.of(cidr.network())
+    bits = int.from_bytes(mask)
+    return cluster_ids.Prefix(version, int.from_bytes(packed) & bits, bits.bit_count())
 
 
 class RemoteCluster:
     """One peer: its connection loop, its watches, its validation state and its status.
 
     Run it with run(); remove() after run() ended drains it. reconfigure() swaps the peer file (between runs)
-    without dropping entries: the next session's relist reconciles them.
+    without dropping entries: the next session's relist reconciles them. on_synced is called (on the event
+    loop, must not block) each time a session has listed every kind, i.e. after every initial sync and relist.
+    `channels`: dial through this pool, sharing a connection with peers reached at the same etcd.
     """
 
     def __init__(
@@ -233,6 +235,8 @@ class RemoteCluster:
         pod_cidrs: cluster_ids.PodCIDRs,
         options: PeerOptions,
         clock: Callable[[], float] = time.monotonic,
+        on_synced: Callable[[], None] = lambda: None,
+        channels: etcd_client.ChannelPool | None = None,
     ) -> None:
         if config.name == local.name:
             raise ValueError(f"{config.name} is the local cluster, not a peer")
@@ -250,6 +254,8 @@ class RemoteCluster:
         self._pod_cidrs = pod_cidrs
         self._options = options
         self._clock = clock
+        self._on_synced = on_synced
+        self._channels = channels
         # Timers (heartbeat expiry, cache TTL) poll the injected clock at this period, so a test clock that
         # jumps ahead takes effect within one tick.
         self._tick = min(1.0, max(0.05, options.keepalive_interval / 4))
@@ -396,7 +402,7 @@ class RemoteCluster:
         # Until the Status probe runs (in _follow), every call is bounded like it: a peer that hangs while we
         # dial or wait for its config is noticed as fast as one that hangs later.
         bound = options.keepalive_interval + options.keepalive_timeout
-        client = await etcd_client.EtcdClient.connect(config, timeout=bound)
+        client = await etcd_client.EtcdClient.connect(config, timeout=bound, channels=self._channels)
         self._client = client
         self._endpoint = client.endpoint
         try:
@@ -523,17 +529,17 @@ class RemoteCluster:
             if kind not in kinds:
                 if store is not None:
                     store.drain()
-                    observer.drain_rest()
                     del self._stores[kind]
                 continue
             prefix = keys.watch_prefix(kind, self.name, cached=capabilities.cached).encode()
             observer.bind(prefix=prefix, cluster_id=cluster_config.id, max_clusters=self._local.max_connected_clusters)
             if store is None or store.prefix != prefix or new_history:
-                # The old store's revisions mean nothing in the new history (or prefix): start from an empty
-                # store and let the observer sweep what the first list does not deliver.
-                observer.begin_full_resync()
+                # The old store's revisions mean nothing in the new history (or prefix): a new store, at
+                # revision 0, delivers every key of its first list again and sweeps the cached names it does
+                # not return (they are its names too: the observer lends them).
                 self._stores[kind] = watch_store.WatchStore(
-                    client, prefix, observer, name=f"{self.name}:{kind.value}", retry=self._new_backoff()
+                    client, prefix, observer, name=f"{self.name}:{kind.value}", retry=self._new_backoff(),
+                    names=observer.names,
                 )
             else:
                 # The store keeps what it delivered, so its relist sends only the differences.
@@ -551,7 +557,7 @@ class RemoteCluster:
                 node = codec.decode_node(kv.key.decode(), kv.value, cluster=self.name, cluster_id=self._cluster_id)
             except (DecodeError, UnicodeDecodeError):
                 continue  # counted and logged by the observer when the watch delivers it
-            reason = self._pod_cidrs.conflict(self.name, _pod_networks(node))
+            reason = self._pod_cidrs.conflict(self.name, _pod_prefixes(node))
             if reason is not None:
                 raise Refused(f"{reason} (node {node.name})")
         self._cidr_conflict = False
@@ -612,6 +618,7 @@ class RemoteCluster:
             " ".join(f"{_KIND_LABELS[kind]}={self._cache.count(self.name, kind)}" for kind in self._kinds),
         )
         self._settle()
+        self._on_synced()
 
     # --- callbacks from the observers (event loop, inside a session) ---------------------------------------
 
@@ -687,7 +694,6 @@ class RemoteCluster:
                 continue
             before = self._cache.count(self.name, Kind.SERVICES)
             store.drain()
-            self._observers[Kind.SERVICES].drain_rest()
             self.revoked = True
             log.warning(
                 "event=peer.revoked cluster=%s kind=services entries=%d disconnected_for=%.1f ttl=%g",
@@ -696,11 +702,10 @@ class RemoteCluster:
 
     def _drain_all(self) -> int:
         before = sum(self._cache.count(self.name, kind) for kind in Kind)
+        # The stores hold every cached name (their observers lend them), so draining them deletes everything.
         for store in self._stores.values():
             store.drain()
-        for observer in self._observers.values():
-            observer.drain_rest()
-        # Everything is deleted by now; this also drops the peer's (empty) slot from the cache.
+        # This drops the peer's (now empty) slot from the cache.
         self._cache.drain(self.name)
         self._pod_cidrs.release_cluster(self.name)
         return before

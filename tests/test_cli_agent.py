@@ -51,8 +51,8 @@ def cache() -> mesh_cache.MeshCache:
         name="node-1", cluster="cluster-b", cluster_id=2, ipv4_alloc_cidr=records.CIDR.parse("10.2.0.0/24"),
         ip_addresses=(records.NodeAddress("InternalIP", "172.18.0.2"),)))
     filled.upsert(mesh_cache.Kind.IDENTITIES, "cluster-b", "131073", records.Identity(131_073, "k8s:app=web;"))
-    filled.upsert(mesh_cache.Kind.IPCACHE, "cluster-b", "10.2.0.7", records.IPIdentityPair(
-        ip="10.2.0.7", id=131_073, host_ip="172.18.0.2", k8s_namespace=NS, k8s_pod_name="web-1"))
+    filled.upsert(mesh_cache.Kind.IPCACHE, "cluster-b", "10.2.0.7", mesh_cache.IPCacheEntry(
+        prefix="10.2.0.7", id=131_073, host_ip="172.18.0.2", k8s_namespace=NS, k8s_pod_name="web-1"))
     filled.upsert(mesh_cache.Kind.SERVICES, "cluster-b", f"{NS}/{NAME}",
                   objects.remote_service("cluster-b", 2, "20.0.0.2", "fd00::2"))
     return filled

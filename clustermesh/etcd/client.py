@@ -216,6 +216,54 @@ def channel_options(config: EtcdConfig) -> list[tuple[str, int | str]]:
     return options
 
 
+class ChannelPool:
+    """Shares one gRPC channel between the clients that dial the same target with the same TLS material and
+    channel options; a client takes a share in EtcdClient.connect(channels=...) and returns it on close().
+
+    Agents behind KVStoreMesh reach every peer through one etcd with the same credentials: one TCP and TLS
+    connection serves them all instead of one each, whose buffers grow with the initial lists (measured with
+    25 peers: ~10 MB, bench/agent_bootstrap.py). What is per client stays per client: its calls, deadlines,
+    Status probes and pinned etcd cluster id (ClusterIDChanged). Keepalive watches the shared connection,
+    which is the same etcd for all of them. Other material (a rotated certificate) or options dial another
+    channel; the last share returned closes the channel. Safe for concurrent use from one event loop.
+    """
+
+    def __init__(self) -> None:
+        self._channels: dict[tuple[object, ...], tuple[grpc.aio.Channel, int]] = {}
+
+    def __repr__(self) -> str:
+        shares = sorted(count for _, count in self._channels.values())
+        return f"<ChannelPool channels={len(self._channels)} shares={shares}>"
+
+    def acquire(
+        self, target: str, material: tls.TLSMaterial | None, options: list[tuple[str, int | str]]
+    ) -> grpc.aio.Channel:
+        """A share of the channel to target with this material (None: insecure) and options."""
+        key = (target, material, tuple(options))
+        channel, count = self._channels.get(key) or (_open_channel(target, material, options), 0)
+        self._channels[key] = (channel, count + 1)
+        return channel
+
+    async def release(self, channel: grpc.aio.Channel) -> None:
+        """Return one share of channel; the last one closes it."""
+        for key, (held, count) in self._channels.items():
+            if held is channel:
+                if count > 1:
+                    self._channels[key] = (held, count - 1)
+                    return
+                del self._channels[key]
+                break
+        await channel.close()
+
+
+def _open_channel(
+    target: str, material: tls.TLSMaterial | None, options: list[tuple[str, int | str]]
+) -> grpc.aio.Channel:
+    if material is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, tls.channel_credentials(material), options=options)
+
+
 def _target(endpoint: str) -> tuple[str, bool]:
     """Turn an etcd endpoint URL into a gRPC target; return it with whether TLS is asked for."""
     for scheme, secure in (("https://", True), ("unixs://", True), ("http://", False), ("unix://", False)):
@@ -232,11 +280,16 @@ class EtcdClient:
     ClusterIDChanged (an HA pair of independent etcds behind one address must force a full resync).
     """
 
-    def __init__(self, config: EtcdConfig, channel: grpc.aio.Channel, endpoint: str) -> None:
+    def __init__(
+        self, config: EtcdConfig, channel: grpc.aio.Channel, endpoint: str, *, pool: ChannelPool | None = None
+    ) -> None:
         self.config = config
         self.endpoint = endpoint
         self.channel = channel
         self.cluster_id = 0
+        # The pool channel is a share of (None: the client's own), and whether close() returned the share.
+        self._pool = pool
+        self._released = False
         self._kv = pb_grpc.KVStub(channel)
         self._lease = pb_grpc.LeaseStub(channel)
         self._auth = pb_grpc.AuthStub(channel)
@@ -249,37 +302,49 @@ class EtcdClient:
         return f"<EtcdClient endpoint={self.endpoint} cluster_id={self.cluster_id:x}>"
 
     @classmethod
-    async def connect(cls, config: EtcdConfig, *, timeout: float | None = None) -> EtcdClient:
-        """Dial the first endpoint that answers a Status call; raise StoreUnavailable if none does."""
+    async def connect(
+        cls, config: EtcdConfig, *, timeout: float | None = None, channels: ChannelPool | None = None
+    ) -> EtcdClient:
+        """Dial the first endpoint that answers a Status call; raise StoreUnavailable if none does.
+
+        With `channels`, the client takes a share of the pool's channel to that endpoint (ChannelPool).
+        """
         material = tls.load(config.tls) if config.tls else None
         last_error: errors.StoreError | None = None
         for endpoint in config.endpoints:
             target, secure = _target(endpoint)
             if secure and material is None:
                 raise errors.ConfigError(f"endpoint {endpoint} uses TLS but no certificates were given")
-            if material is not None and secure:
-                channel = grpc.aio.secure_channel(
-                    target, tls.channel_credentials(material), options=channel_options(config)
-                )
+            channel_material = material if secure else None
+            if channels is not None:
+                channel = channels.acquire(target, channel_material, channel_options(config))
             else:
-                channel = grpc.aio.insecure_channel(target, options=channel_options(config))
-            client = cls(config, channel, endpoint)
+                channel = _open_channel(target, channel_material, channel_options(config))
+            client = cls(config, channel, endpoint, pool=channels)
             try:
                 await client.status(timeout=timeout or config.request_timeout)
             except errors.StoreError as exc:
                 last_error = exc
-                await channel.close()
+                await client.close()
                 continue
             except BaseException:
-                await channel.close()
+                await client.close()
                 raise
             return client
         assert last_error is not None
         raise last_error
 
     async def close(self) -> None:
-        """Close the channel; in-flight calls fail with StoreUnavailable. Safe to call twice."""
-        await self.channel.close()
+        """Close the channel; in-flight calls fail with StoreUnavailable. Safe to call twice.
+
+        A client sharing a pool's channel returns its share instead: its calls must have ended (other clients
+        go on using the channel).
+        """
+        if self._pool is None:
+            await self.channel.close()
+        elif not self._released:
+            self._released = True
+            await self._pool.release(self.channel)
 
     async def __aenter__(self) -> EtcdClient:
         return self

@@ -24,6 +24,7 @@ from tests.agent.test_peer_harness import (
     FAST,
     LOCAL,
     Peer,
+    Published,
     converged,
     identity,
     ip_entry,
@@ -49,7 +50,7 @@ class Churn:
         self.octet = octet
         self.rng = rng
 
-    def _record(self, kind: Kind, slot: int) -> mesh_cache.Record:
+    def _record(self, kind: Kind, slot: int) -> Published:
         peer, octet, version = self.peer, self.octet, self.rng.randrange(1000)
         if kind is Kind.NODES:
             return node(peer.name, peer.cluster_id, f"n{slot}", cidr=f"10.{octet}.{slot}.0/24",
@@ -64,7 +65,7 @@ class Churn:
 
     async def step(self, count: int) -> None:
         # The last change of each (kind, slot) wins: etcd refuses a transaction naming a key twice.
-        changes: dict[tuple[Kind, int], tuple[bool, mesh_cache.Record]] = {}
+        changes: dict[tuple[Kind, int], tuple[bool, Published]] = {}
         for _ in range(count):
             kind = self.rng.choice([Kind.NODES, Kind.SERVICES, Kind.IDENTITIES, Kind.IPCACHE])
             slot = self.rng.randrange(20)

@@ -52,8 +52,8 @@ NODE = records.Node(
 )
 IDENTITY = records.Identity.from_labels(131_073, {"app": "web", "io.kubernetes.pod.namespace": NS,
                                                   "io.cilium.k8s.policy.cluster": "cluster-b"})
-IP_ENTRY = records.IPIdentityPair(ip="10.2.0.7", host_ip="172.18.0.2", id=131_073, key=1, k8s_namespace=NS,
-                                  k8s_pod_name="web-1")
+IP_ENTRY = mesh_cache.IPCacheEntry(prefix="10.2.0.7", host_ip="172.18.0.2", id=131_073, key=1, k8s_namespace=NS,
+                                   k8s_pod_name="web-1")
 
 
 class World:
@@ -74,8 +74,7 @@ def fill(cache: mesh_cache.MeshCache) -> None:
     cache.upsert(Kind.IDENTITIES, "cluster-b", "131073", IDENTITY)
     cache.upsert(Kind.IDENTITIES, "cluster-c", "196609", records.Identity(196_609, "k8s:app=db;"))
     cache.upsert(Kind.IPCACHE, "cluster-b", "10.2.0.7", IP_ENTRY)
-    cache.upsert(Kind.IPCACHE, "cluster-b", "10.2.1.0/24", records.IPIdentityPair(
-        ip="10.2.1.0", mask=bytes([255, 255, 255, 0]), id=2))
+    cache.upsert(Kind.IPCACHE, "cluster-b", "10.2.1.0/24", mesh_cache.IPCacheEntry(prefix="10.2.1.0/24", id=2))
     cache.upsert(Kind.SERVICES, "cluster-b", f"{NS}/{NAME}", objects.remote_service("cluster-b", 2, "20.0.0.2"))
 
 
@@ -215,7 +214,7 @@ async def test_watch_snapshot_then_changes(world: World) -> None:
     ])
     assert world.service.watchers == 1
 
-    world.cache.upsert(Kind.IPCACHE, "cluster-b", "10.2.0.8", records.IPIdentityPair(ip="10.2.0.8", id=131_073))
+    world.cache.upsert(Kind.IPCACHE, "cluster-b", "10.2.0.8", mesh_cache.IPCacheEntry(prefix="10.2.0.8", id=131_073))
     world.cache.delete(Kind.NODES, "cluster-c", "node-9")
     world.cache.upsert(Kind.SERVICE_EXPORTS, "cluster-b", f"{NS}/{NAME}", records.ServiceExport(
         cluster="cluster-b", namespace=NS, name=NAME))  # not a kind the API streams
@@ -267,7 +266,8 @@ async def test_watch_back_pressure_cuts_off_a_consumer_that_falls_behind(world: 
     # 60 changes without yielding to the loop: the stream cannot drain any of them, so its 50-change queue
     # overflows; the cache itself is never slowed.
     for i in range(60):
-        world.cache.upsert(Kind.IPCACHE, "cluster-b", f"10.3.0.{i}", records.IPIdentityPair(ip=f"10.3.0.{i}", id=2))
+        ip = f"10.3.0.{i}"
+        world.cache.upsert(Kind.IPCACHE, "cluster-b", ip, mesh_cache.IPCacheEntry(prefix=ip, id=2))
     assert world.cache.count("cluster-b", Kind.IPCACHE) == 62
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         async with asyncio.timeout(5):
@@ -313,7 +313,8 @@ async def test_watch_batched_sends_watch_events_grouped(world: World) -> None:
 
     # Changes made while the stream cannot send arrive together, in order; deletes carry no object.
     for i in range(5):
-        world.cache.upsert(Kind.IPCACHE, "cluster-b", f"10.4.0.{i}", records.IPIdentityPair(ip=f"10.4.0.{i}", id=2))
+        ip = f"10.4.0.{i}"
+        world.cache.upsert(Kind.IPCACHE, "cluster-b", ip, mesh_cache.IPCacheEntry(prefix=ip, id=2))
     world.cache.delete(Kind.IPCACHE, "cluster-b", "10.4.0.0")
     live = [event for _ in range(2) for event in await next_batch(batched)]
     assert [(e.type, e.key) for e in live] == [
@@ -329,7 +330,8 @@ async def test_watch_batched_back_pressure_and_invalid_kinds(world: World) -> No
     stream = world.stub.WatchBatched(agent_pb2.WatchRequest(kinds=["ipcache"], skip_initial=True))
     assert [e.type for e in await next_batch(stream)] == [agent_pb2.WatchEvent.SYNCED]
     for i in range(60):
-        world.cache.upsert(Kind.IPCACHE, "cluster-b", f"10.3.0.{i}", records.IPIdentityPair(ip=f"10.3.0.{i}", id=2))
+        ip = f"10.3.0.{i}"
+        world.cache.upsert(Kind.IPCACHE, "cluster-b", ip, mesh_cache.IPCacheEntry(prefix=ip, id=2))
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         async with asyncio.timeout(5):
             while True:

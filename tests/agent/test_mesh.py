@@ -4,15 +4,17 @@ is not remove; the mesh-config directory driving the mesh end to end.
 Covers: set_peers() before and during run(); a changed peer file reconnects without dropping entries; a
 removed peer is drained and its cluster ID released; the local cluster's own config ignored; ready once
 every peer synced or failed its first attempt; cancelling run() keeps every entry; a second run() refused;
-configuration problems shown in status without touching the peers; MeshConfigWatcher + Mesh on a real
-directory with Cilium-style files. Excludes: what happens inside one
-connection (test_remote_cluster.py), conflicts (test_peer_conflicts.py).
+configuration problems shown in status without touching the peers; the heap trimmed once at readiness and
+after a later relist, not per peer; peers behind one etcd sharing one connection (faults reach both,
+removing one leaves the other connected); MeshConfigWatcher + Mesh on a real directory with Cilium-style files.
+Excludes: what happens inside one connection (test_remote_cluster.py), conflicts (test_peer_conflicts.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import pathlib
 import shutil
@@ -20,8 +22,9 @@ import shutil
 import pytest
 
 from agent import cache as mesh_cache
-from agent import mesh
+from agent import heap, mesh
 from clustermesh import mesh_config
+from clustermesh.aio import tcp_proxy
 from clustermesh.etcd import client as etcd_client
 from clustermesh.etcd import process
 from clustermesh.keys import Kind
@@ -30,6 +33,7 @@ from tests.agent.test_peer_harness import (
     LOCAL,
     cached_state,
     converged,
+    node,
     peer_cluster,
     publish_basic,
     running_mesh,
@@ -100,6 +104,56 @@ async def test_readiness_skips_dead_peers_and_stop_keeps_entries(tmp_path: pathl
                 await task
         assert cached_state(cache, "cluster-b") == before  # stop is not remove
         assert status_of(agent_mesh, "cluster-b").status == "stopped"
+
+
+async def test_heap_is_trimmed_once_settled_and_after_a_relist(tmp_path: pathlib.Path) -> None:
+    trims: list[int] = []
+    cache = mesh_cache.MeshCache()
+    agent_mesh = mesh.Mesh(LOCAL, cache, options=FAST, trim_heap=lambda: trims.append(len(cache.peers())))
+    async with peer_cluster(tmp_path, "cluster-b", 2) as b, peer_cluster(tmp_path, "cluster-c", 3) as c:
+        await publish_basic(b, cidr_base="10.20")
+        await publish_basic(c, cidr_base="10.30")
+        agent_mesh.set_peers({"cluster-b": b.peer_config(), "cluster-c": c.peer_config()})
+        async with running_mesh(agent_mesh):  # returns once ready: every peer synced
+            assert trims == [2], "one trim, once both peers' lists are in"
+            agent_mesh.set_peers({"cluster-b": b.peer_config(digest="v2"), "cluster-c": c.peer_config()})
+            await eventually(lambda: len(trims) >= 2, timeout=10, description="a trim after cluster-b's relist")
+            assert status_of(agent_mesh, "cluster-b").ready
+
+
+async def test_peers_behind_one_etcd_share_one_connection(tmp_path: pathlib.Path) -> None:
+    cache = mesh_cache.MeshCache()
+    agent_mesh = mesh.Mesh(LOCAL, cache, options=FAST)
+    async with peer_cluster(tmp_path, "cluster-b", 2, proxied=True, cached=True) as b:
+        c = dataclasses.replace(b, name="cluster-c", cluster_id=3)  # as KVStoreMesh: a second cluster, same etcd
+        await publish_basic(b, cidr_base="10.20")
+        await publish_basic(c, cidr_base="10.30")
+        agent_mesh.set_peers({b.name: b.peer_config(), c.name: c.peer_config()})
+        assert b.proxy is not None
+        async with running_mesh(agent_mesh):
+            await converged(cache, b)
+            await converged(cache, c)
+            assert b.proxy.connections == 1
+            # A fault of the shared connection reaches both peers, and both resync once it is back.
+            b.proxy.set_mode(tcp_proxy.Mode.REJECT)
+            await eventually(lambda: not any(status_of(agent_mesh, p.name).connected for p in (b, c)), timeout=10)
+            await b.put(node(b.name, 2, "while-away", cidr="10.20.8.0/24"))
+            await c.delete(node(c.name, 3, "node-0"))
+            b.proxy.set_mode(tcp_proxy.Mode.FORWARD)
+            await eventually(lambda: all(status_of(agent_mesh, p.name).ready for p in (b, c)), timeout=10)
+            await converged(cache, b)
+            await converged(cache, c)
+            # Removing a peer returns its share only: the other keeps the connection and follows its changes.
+            connections = b.proxy.connections
+            agent_mesh.set_peers({b.name: b.peer_config()})
+            await eventually(lambda: c.name not in cache.peers(), timeout=10)
+            await b.put(node(b.name, 2, "later", cidr="10.20.9.0/24"))
+            await converged(cache, b)
+            assert b.proxy.connections == connections and status_of(agent_mesh, b.name).ready
+
+
+def test_heap_trim_is_glibc_malloc_trim() -> None:
+    assert heap.trim() is hasattr(ctypes.CDLL(None), "malloc_trim")
 
 
 async def test_configuration_problems_show_in_status_and_touch_no_peer(tmp_path: pathlib.Path) -> None:

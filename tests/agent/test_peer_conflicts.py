@@ -2,7 +2,7 @@
 maxConnectedClusters, pod CIDRs overlapping the local cluster's or another peer's.
 
 Covers: ClusterIDs and PodCIDRs as bookkeeping (unit), a node's pod networks as claimed (the same networks
-CIDR.network() gives, built faster), then real peers, each with its own etcd, refused with
+CIDR.network() gives, built faster, kept as integers), then real peers, each with its own etcd, refused with
 the reason in statuses() (what `clustermesh status` shows), drained, retried, and accepted once the conflict
 is gone. Excludes: record-level validation (test_peer_observer.py).
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 import ipaddress
 import pathlib
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from agent import cache as mesh_cache
 from agent import cluster_ids, mesh, remote_cluster
@@ -31,8 +33,8 @@ from tests.agent.test_peer_harness import (
 from tests.helpers import eventually
 
 
-def net(text: str) -> cluster_ids.Network:
-    return ipaddress.ip_network(text)
+def net(text: str) -> cluster_ids.Prefix:
+    return cluster_ids.Prefix.of(ipaddress.ip_network(text))
 
 
 def test_cluster_ids_reservation_rules() -> None:
@@ -77,6 +79,58 @@ def test_pod_cidr_overlaps_name_both_clusters_and_cidrs() -> None:
     assert cidrs.conflict("cluster-c", [net("10.2.0.0/16"), net("10.4.0.0/24")]) is None
 
 
+NETWORKS = st.one_of(
+    st.builds(lambda address, length: ipaddress.ip_network((address, length), strict=False),
+              st.integers(0x0A000000, 0x0A03FFFF), st.integers(12, 32)),
+    st.builds(lambda address, length: ipaddress.ip_network((address << 96, length), strict=False),
+              st.integers(0xFD000000, 0xFD03FFFF), st.integers(4, 128)),
+)
+CLAIMS = st.lists(
+    st.tuples(st.sampled_from(["cluster-b", "cluster-c"]), st.sampled_from(["n1", "n2"]),
+              st.lists(NETWORKS, max_size=3)),
+    max_size=12,
+)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(claims=CLAIMS, querier=st.sampled_from(["cluster-b", "cluster-c", "cluster-d"]),
+                  queries=st.lists(NETWORKS, max_size=3))
+def test_pod_cidr_checks_agree_with_pairwise_overlaps(
+    claims: list[tuple[str, str, list[cluster_ids.Network]]], querier: str, queries: list[cluster_ids.Network]
+) -> None:
+    # A model: every held network, compared with every other by ipaddress; claims replace, conflicts change nothing.
+    cidrs = cluster_ids.PodCIDRs(local_cluster="cluster-a", local_cidrs=["10.1.0.0/16"])
+    held: dict[tuple[str, str], list[cluster_ids.Network]] = {("cluster-a", ""): [ipaddress.ip_network("10.1.0.0/16")]}
+
+    def overlapping(cluster: str, network: cluster_ids.Network) -> list[str]:
+        where = {("cluster-a", ""): "local pod CIDR"}
+        return [
+            f"{other} of cluster {owner} ({where.get((owner, node), f'node {node}')})"
+            for (owner, node), networks in held.items() if owner != cluster
+            for other in networks if other.version == network.version and other.overlaps(network)
+        ]
+
+    def check(cluster: str, networks: list[cluster_ids.Network], reason: str | None, suffix: str = "") -> bool:
+        first = next((n for n in networks if overlapping(cluster, n)), None)
+        if first is None:
+            assert reason is None
+            return True
+        assert reason is not None
+        named = reason.removeprefix(f"pod CIDR {first} of cluster {cluster} overlaps ").removesuffix(suffix)
+        assert named in overlapping(cluster, first), reason
+        return False
+
+    for cluster, name, networks in claims:
+        reason = cidrs.claim(cluster, name, [cluster_ids.Prefix.of(n) for n in networks])
+        if check(cluster, networks, reason, f" (node {name})"):
+            held[(cluster, name)] = networks
+    check(querier, queries, cidrs.conflict(querier, [cluster_ids.Prefix.of(n) for n in queries]))
+    for cluster in ("cluster-b", "cluster-c"):
+        cidrs.release_cluster(cluster)
+    held = {("cluster-a", ""): held[("cluster-a", "")]}
+    check(querier, queries, cidrs.conflict(querier, [cluster_ids.Prefix.of(n) for n in queries]))
+
+
 def make_mesh(**local: object) -> tuple[mesh.Mesh, mesh_cache.MeshCache]:
     cache = mesh_cache.MeshCache()
     return mesh.Mesh(mesh.LocalCluster(**{**LOCAL.__dict__, **local}), cache, options=FAST), cache
@@ -98,10 +152,10 @@ async def refused(agent_mesh: mesh.Mesh, name: str, reason: str) -> None:
     records.CIDR.parse("fd00:2::/96"), records.CIDR("fe80::1%eth0", bytes([255] * 8 + [0] * 8)),
     records.CIDR.parse("0.0.0.0/0"),
 ], ids=str)
-def test_pod_networks_are_what_cidr_network_gives(cidr: records.CIDR) -> None:
-    networks = remote_cluster._pod_networks(records.Node(name="n", ipv4_alloc_cidr=cidr))
-    assert networks == (cidr.network(),)
-    assert type(networks[0]) is type(cidr.network())
+def test_pod_prefixes_are_what_cidr_network_gives(cidr: records.CIDR) -> None:
+    prefixes = remote_cluster._pod_prefixes(records.Node(name="n", ipv4_alloc_cidr=cidr))
+    assert prefixes == (cluster_ids.Prefix.of(cidr.network()),)
+    assert str(prefixes[0]) == str(cidr.network())
 
 async def test_local_id_zero_id_and_max_clusters_mismatch_are_refused(tmp_path: pathlib.Path) -> None:
     agent_mesh, cache = make_mesh()

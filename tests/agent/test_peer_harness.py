@@ -69,7 +69,22 @@ def ip_entry(ip: str, number: int) -> records.IPIdentityPair:
     return records.IPIdentityPair(ip=ip, host_ip="172.18.0.2", id=number, k8s_namespace="default", k8s_pod_name="p")
 
 
-def record_key(cluster: str, record: mesh_cache.Record, *, cached: bool = False) -> str:
+Published = (
+    records.Node | records.ClusterService | records.ServiceExport | records.Identity | records.IPIdentityPair
+)
+"""A record as a peer writes it (the cache keeps ipcache entries as mesh_cache.IPCacheEntry)."""
+
+
+def cached_form(record: Published) -> mesh_cache.Record:
+    """What the agent's cache holds for a valid published record."""
+    if isinstance(record, records.IPIdentityPair):
+        return mesh_cache.IPCacheEntry(
+            record.prefix_string, record.id, record.host_ip, record.key, record.k8s_namespace, record.k8s_pod_name
+        )
+    return record
+
+
+def record_key(cluster: str, record: Published, *, cached: bool = False) -> str:
     """The key `cluster` publishes record under."""
     if isinstance(record, records.Node):
         return (keys.cached_node_key if cached else keys.node_key)(cluster, record.name)
@@ -128,7 +143,7 @@ class Peer:
     async def beat(self) -> None:
         await self.admin.put(keys.HEARTBEAT_KEY.encode(), now())
 
-    async def put(self, *items: mesh_cache.Record) -> None:
+    async def put(self, *items: Published) -> None:
         ops = [
             etcd_client.put_op(record_key(self.name, item, cached=self.cached).encode(), codec.encode(item))
             for item in items
@@ -139,7 +154,7 @@ class Peer:
     async def put_raw(self, key: str, value: bytes) -> None:
         await self.admin.put(key.encode(), value)
 
-    async def delete(self, *items: mesh_cache.Record) -> None:
+    async def delete(self, *items: Published) -> None:
         for item in items:
             await self.admin.delete(record_key(self.name, item, cached=self.cached).encode())
 
@@ -161,14 +176,16 @@ class Peer:
             for kv in (await self.admin.list_prefix(prefix.encode())).kvs:
                 key = kv.key.decode()
                 try:
-                    entries[key[len(prefix) :]] = _decode(kind, key, kv.value, self.name, self.cluster_id)
+                    entries[key[len(prefix) :]] = cached_form(
+                        _decode(kind, key, kv.value, self.name, self.cluster_id)
+                    )
                 except DecodeError:
                     continue
             state[kind] = entries
         return state
 
 
-def _decode(kind: Kind, key: str, value: bytes, cluster: str, cluster_id: int) -> mesh_cache.Record:
+def _decode(kind: Kind, key: str, value: bytes, cluster: str, cluster_id: int) -> Published:
     if kind is Kind.NODES:
         return codec.decode_node(key, value, cluster=cluster, cluster_id=cluster_id)
     if kind is Kind.SERVICES:
@@ -265,13 +282,13 @@ def status_of(agent_mesh: mesh.Mesh, name: str):
 
 async def publish_basic(
     peer: Peer, *, nodes: int = 3, cidr_base: str = "10.2", backend: int = 10
-) -> list[mesh_cache.Record]:
+) -> list[Published]:
     """Config, a small export of every kind, canaries and a heartbeat: a peer as an apiserver leaves it.
 
     The records go in one transaction, so they share one revision whatever their number.
     """
     base = peer.cluster_id << 16
-    items: list[mesh_cache.Record] = [
+    items: list[Published] = [
         *(node(peer.name, peer.cluster_id, f"node-{i}", cidr=f"{cidr_base}.{i}.0/24") for i in range(nodes)),
         service(peer.name, peer.cluster_id, "my-namespace", "my-app", [f"{cidr_base}.0.{backend + i}" for i in (0, 1)]),
         *(identity(peer.name, base + 100 + i, f"app-{i}") for i in range(3)),

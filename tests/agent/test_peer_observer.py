@@ -1,17 +1,23 @@
-"""PeerObserver fed with raw keys and values, as a WatchStore would: what reaches the cache and what is rejected.
+"""PeerObserver fed with names and values, as a WatchStore hands them over: what reaches the cache and what is
+rejected.
 
-Covers: each kind decoded under its cache name; hand-written bad records (wrong cluster, identity out of the
-peer's range, bad IP, truncated JSON, name/key mismatch, a key that is not UTF-8) skipped, counted per peer and
-reason and logged with the key, never evicting the good value stored under the same name; hypothesis-generated
-garbage never raising and never touching the cache; the codec's name fast path agreeing with its full path on
-every outcome and reason; repeated values shared across a peer's records; deletes; the full-resync sweep; the
-bounded reason table.
+Covers: each kind decoded under its cache name (ipcache entries kept as the fields served); hand-written bad
+records (wrong cluster, identity out of the peer's range, bad IP, truncated JSON, name/key mismatch, a key that
+is not UTF-8) skipped, counted per peer and reason and logged with the key, never evicting the good value stored
+under the same name; hypothesis-generated garbage never raising and never touching the cache; the codec's name
+fast path agreeing with its full path on every outcome and reason; repeated values shared across a peer's
+records; one string per name for the cache key and the record; deletes; the names held for the store (cached
+and rejected) and a new store's sweep over them (a fake list page, the store's lowest seam); the bounded reason
+table.
 Excludes: etcd (test_remote_cluster.py runs the same observers behind real watches).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import hypothesis
 import msgspec
@@ -21,9 +27,11 @@ from hypothesis import strategies as st
 from agent import cache as mesh_cache
 from agent import peer_observer
 from clustermesh import codec, keys, records
+from clustermesh.api.etcd import rpc_pb2
 from clustermesh.errors import DecodeError
+from clustermesh.etcd import watch_store
 from clustermesh.keys import Kind
-from tests.agent.test_peer_harness import identity, ip_entry, node, record_key, service
+from tests.agent.test_peer_harness import Published, cached_form, identity, ip_entry, node, record_key, service
 
 CLUSTER = "cluster-b"
 CLUSTER_ID = 2
@@ -31,26 +39,36 @@ BASE = CLUSTER_ID << 16
 
 
 class Fixture:
-    """One observer per kind for cluster-b (ID 2) over one cache, as a connection binds them."""
+    """One observer per kind for cluster-b (ID 2) over one cache, as a connection binds them; keys are handed
+    over as a WatchStore does, by name."""
 
     def __init__(self, *, cached: bool = False) -> None:
         self.cache = mesh_cache.MeshCache()
         self.invalid = peer_observer.InvalidRecords()
         self.listed: list[Kind] = []
         self.observers = {}
+        self.prefixes = {kind: keys.watch_prefix(kind, CLUSTER, cached=cached).encode() for kind in Kind}
+        shared = peer_observer.Shared()
         for kind in Kind:
             observer = peer_observer.PeerObserver(
                 kind, cluster=CLUSTER, cache=self.cache, invalid=self.invalid, clock=lambda: 0.0,
-                on_listed=self.listed.append,
+                on_listed=self.listed.append, shared=shared,
             )
-            observer.bind(prefix=keys.watch_prefix(kind, CLUSTER, cached=cached).encode(), cluster_id=CLUSTER_ID,
-                          max_clusters=255)
+            observer.bind(prefix=self.prefixes[kind], cluster_id=CLUSTER_ID, max_clusters=255)
             self.observers[kind] = observer
 
-    def put(self, kind: Kind, key: str | bytes, value: bytes) -> None:
-        self.observers[kind].on_upsert(key.encode() if isinstance(key, str) else key, value)
+    def name(self, kind: Kind, key: str | bytes) -> str:
+        key = key.encode() if isinstance(key, str) else key
+        assert key.startswith(self.prefixes[kind]), "a store hands over only keys under its prefix"
+        return watch_store.name_of(key, len(self.prefixes[kind]))
 
-    def put_record(self, kind: Kind, record: mesh_cache.Record, *, cached: bool = False) -> None:
+    def put(self, kind: Kind, key: str | bytes, value: bytes) -> None:
+        self.observers[kind].on_upsert(self.name(kind, key), value)
+
+    def delete(self, kind: Kind, key: str | bytes) -> None:
+        self.observers[kind].on_delete(self.name(kind, key))
+
+    def put_record(self, kind: Kind, record: Published, *, cached: bool = False) -> None:
         self.put(kind, record_key(CLUSTER, record, cached=cached), codec.encode(record))
 
     def names(self, kind: Kind) -> dict[str, mesh_cache.Record]:
@@ -76,10 +94,11 @@ def test_every_kind_is_cached_under_its_name(cached: bool) -> None:
     assert f.names(Kind.NODES) == {"n1": good_node}
     assert f.names(Kind.SERVICES) == {"ns/svc": good_service}
     assert f.names(Kind.IDENTITIES) == {str(BASE + 5): good_identity}
-    assert f.names(Kind.IPCACHE) == {"10.2.0.10": good_ip, "10.2.1.0/24": cidr_ip}
+    assert f.names(Kind.IPCACHE) == {"10.2.0.10": cached_form(good_ip), "10.2.1.0/24": cached_form(cidr_ip)}
+    assert f.names(Kind.IPCACHE)["10.2.1.0/24"] == mesh_cache.IPCacheEntry(prefix="10.2.1.0/24", id=2)
     assert f.names(Kind.SERVICE_EXPORTS) == {"ns/svc": export}
     assert f.invalid.total == 0
-    f.observers[Kind.NODES].on_delete(record_key(CLUSTER, good_node, cached=cached).encode())
+    f.delete(Kind.NODES, record_key(CLUSTER, good_node, cached=cached))
     assert f.names(Kind.NODES) == {}
     f.observers[Kind.NODES].on_list_done()
     assert f.listed == [Kind.NODES]
@@ -137,7 +156,7 @@ def test_bad_update_never_evicts_the_good_value() -> None:
     f.put_record(Kind.SERVICES, newer)
     assert f.names(Kind.SERVICES) == {"ns/svc": newer}
     # A delete needs no valid value.
-    f.observers[Kind.SERVICES].on_delete(keys.service_key(CLUSTER, "ns", "svc").encode())
+    f.delete(Kind.SERVICES, keys.service_key(CLUSTER, "ns", "svc"))
     assert f.names(Kind.SERVICES) == {}
 
 
@@ -155,18 +174,73 @@ def test_reasons_are_categories_and_bounded() -> None:
     )
 
 
-def test_full_resync_sweeps_what_the_new_list_does_not_deliver() -> None:
+def test_held_names_are_the_cached_and_the_rejected_ones() -> None:
     f = Fixture()
+    observer = f.observers[Kind.NODES]
+    f.put_record(Kind.NODES, node(CLUSTER, CLUSTER_ID, "n1"))
+    f.put(Kind.NODES, keys.node_key(CLUSTER, "n1"), b"{truncated")  # the last good value stays: held once
+    f.put(Kind.NODES, keys.node_key(CLUSTER, "bad"), b"{truncated")
+    f.put(Kind.NODES, b"cilium/state/nodes/v1/cluster-b/\xff", b"{}")
+    assert sorted(observer.names) == ["bad", "n1", "\udcff"] and len(observer.names) == 3
+    assert "bad" in observer.names and "n2" not in observer.names and 7 not in observer.names
+    f.put_record(Kind.NODES, node(CLUSTER, CLUSTER_ID, "bad"))  # fixed: cached, no longer rejected
+    assert observer.names.rejected == {"\udcff"} and len(observer.names) == 3
+    f.delete(Kind.NODES, keys.node_key(CLUSTER, "n1"))
+    f.delete(Kind.NODES, b"cilium/state/nodes/v1/cluster-b/\xff")
+    assert list(observer.names) == ["bad"] and f.names(Kind.NODES).keys() == {"bad"}
+
+
+class PagedClient:
+    """A WatchStore's lowest seam: one list page of fixed keys at one revision, then a watch that stays silent."""
+
+    def __init__(self, pairs: dict[str, bytes], revision: int) -> None:
+        self.pairs = pairs
+        self.revision = revision
+        self.watch_stub = self
+
+    async def list_pages(self, prefix: bytes, **_: object) -> AsyncIterator[tuple[int, list[rpc_pb2.KeyValue]]]:
+        yield self.revision, [rpc_pb2.KeyValue(key=key.encode(), value=value, mod_revision=self.revision)
+                              for key, value in self.pairs.items() if key.encode().startswith(prefix)]
+
+    def Watch(self, requests: object) -> PagedClient:  # etcd's method name, as the gRPC stub has it
+        return self
+
+    def __aiter__(self) -> PagedClient:
+        return self
+
+    async def __anext__(self) -> object:
+        await asyncio.Event().wait()
+        raise StopAsyncIteration
+
+    def cancel(self) -> None:
+        pass
+
+
+async def test_a_store_taking_over_the_held_names_delivers_again_and_sweeps() -> None:
+    # A new store for an observer that holds names (another etcd behind the endpoint: revisions mean nothing
+    # any more): its first list delivers every key again and deletes what it does not return.
+    f = Fixture()
+    observer = f.observers[Kind.NODES]
     kept, gone = node(CLUSTER, CLUSTER_ID, "kept"), node(CLUSTER, CLUSTER_ID, "gone")
     f.put_record(Kind.NODES, kept)
     f.put_record(Kind.NODES, gone)
-    observer = f.observers[Kind.NODES]
-    observer.begin_full_resync()
-    f.put_record(Kind.NODES, kept)
-    assert f.names(Kind.NODES).keys() == {"kept", "gone"}
-    observer.on_list_done()
-    assert f.names(Kind.NODES) == {"kept": kept}
-    assert observer.drain_rest() == 1 and f.names(Kind.NODES) == {}
+    f.put(Kind.NODES, keys.node_key(CLUSTER, "bad"), b"{truncated")
+    newer = msgspec.structs.replace(kept, boot_id="rebooted")
+    client = PagedClient({keys.node_key(CLUSTER, "kept"): codec.encode(newer)}, revision=3)
+    store = watch_store.WatchStore(
+        client, f.prefixes[Kind.NODES], observer, names=observer.names  # type: ignore[arg-type]
+    )
+    ready = asyncio.Event()
+    running = asyncio.create_task(store.run(ready=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert f.names(Kind.NODES) == {"kept": newer} and list(observer.names) == ["kept"] and len(store) == 1
+    assert f.listed == [Kind.NODES] and f.invalid.total == 1
+    assert store.drain() == 1 and f.names(Kind.NODES) == {} and len(observer.names) == 0
 
 
 @hypothesis.settings(max_examples=300, deadline=None)
@@ -218,7 +292,7 @@ def test_name_fast_path_agrees_with_the_full_path(
     kind: Kind, name: str, record_name: str, namespace: str, cached: bool, truncate: bool
 ) -> None:
     if kind is Kind.NODES:
-        record: mesh_cache.Record = node(CLUSTER, CLUSTER_ID, record_name)
+        record: Published = node(CLUSTER, CLUSTER_ID, record_name)
         decode = codec.decode_node
         extra = {"cluster_id": CLUSTER_ID}
     elif kind is Kind.SERVICES:
@@ -255,8 +329,10 @@ def test_repeated_values_are_shared_across_a_peer() -> None:
     for ip in ("10.2.0.1", "10.2.0.2"):
         f.put_record(Kind.IPCACHE, msgspec.structs.replace(ip_entry(ip, BASE + 7), named_ports=ports))
     first, second = f.names(Kind.IPCACHE).values()
-    assert first.named_ports == ports and first.named_ports is second.named_ports
+    assert isinstance(first, mesh_cache.IPCacheEntry) and isinstance(second, mesh_cache.IPCacheEntry)
     assert first.id is second.id
+    f.put_record(Kind.IDENTITIES, identity(CLUSTER, BASE + 7, "web"))
+    assert f.names(Kind.IDENTITIES)[str(BASE + 7)].id is first.id  # type: ignore[union-attr]
     for name in ("n1", "n2"):
         f.put_record(Kind.NODES, msgspec.structs.replace(
             node(CLUSTER, CLUSTER_ID, name, cidr=f"10.2.{name[1]}.0/24"), labels={"kubernetes.io/hostname": name}))
@@ -270,6 +346,28 @@ def test_repeated_values_are_shared_across_a_peer() -> None:
     f.put_record(Kind.SERVICES, service(CLUSTER, CLUSTER_ID, "ns", "svc", ["10.2.0.1", "10.2.0.2", "10.2.0.3"]))
     backends = f.names(Kind.SERVICES)["ns/svc"].backends  # type: ignore[union-attr]
     assert len({id(ports) for ports in backends.values()}) == 1
+
+
+def test_one_string_per_name_for_the_cache_key_and_the_record() -> None:
+    f = Fixture()
+    ip_name = f.name(Kind.IPCACHE, keys.ip_key("10.2.0.10"))
+    f.observers[Kind.IPCACHE].on_upsert(ip_name, codec.encode(ip_entry("10.2.0.10", BASE + 5)))
+    node_name = f.name(Kind.NODES, keys.node_key(CLUSTER, "n1"))
+    f.observers[Kind.NODES].on_upsert(node_name, codec.encode(node(CLUSTER, CLUSTER_ID, "n1")))
+    ((ip_key, entry),) = f.names(Kind.IPCACHE).items()
+    ((node_key, cached_node),) = f.names(Kind.NODES).items()
+    assert ip_key is ip_name and entry.prefix is ip_name  # type: ignore[union-attr]
+    assert node_key is node_name and cached_node.name is node_name  # type: ignore[union-attr]
+
+
+def test_an_ipcache_entry_is_served_with_its_own_prefix_text() -> None:
+    # A writer printing an IPv4-mapped address (Go does not) is accepted under the key's canonical name; what
+    # is served is the entry's own text, as before the cache kept only the served fields.
+    f = Fixture()
+    f.put(Kind.IPCACHE, keys.ip_key("10.2.0.9"), codec.encode(ip_entry("::ffff:10.2.0.9", BASE + 1)))
+    assert f.names(Kind.IPCACHE)["10.2.0.9"] == mesh_cache.IPCacheEntry(
+        prefix="::ffff:10.2.0.9", id=BASE + 1, host_ip="172.18.0.2", k8s_namespace="default", k8s_pod_name="p"
+    )
 
 
 def test_shared_values_are_bounded() -> None:

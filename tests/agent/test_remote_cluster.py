@@ -168,9 +168,12 @@ async def test_cilium_examples_and_older_variants_are_read(tmp_path: pathlib.Pat
         ident = cache.get(Kind.IDENTITIES, "cluster3", "196915")
         assert isinstance(ident, records.Identity) and ident.label_map()["k8s:app"] == "baz"
         entry = cache.get(Kind.IPCACHE, "cluster3", "10.244.2.74")
-        assert isinstance(entry, records.IPIdentityPair)
-        assert (entry.id, entry.key, entry.k8s_pod_name, entry.k8s_pod_uid) == (199475, 5, "cep-002", "cep-pod-uid")
-        assert [(p.name, p.port, p.protocol) for p in entry.named_ports or ()] == [
+        assert entry == mesh_cache.IPCacheEntry(prefix="10.244.2.74", id=199475, host_ip="172.18.0.2", key=5,
+                                                k8s_namespace="bar", k8s_pod_name="cep-002")
+        key = "cilium/state/ip/v1/default/10.244.2.74"
+        read = codec.decode_ip_identity(key, CLUSTER3[key], cluster="cluster3", cluster_id=3)  # what is not served
+        assert read.k8s_pod_uid == "cep-pod-uid"
+        assert [(p.name, p.port, p.protocol) for p in read.named_ports or ()] == [
             ("http", 8080, "TCP"), ("dns", 53, "UDP")]
         svc = cache.services_named("ns-alpha", "echo-service")["cluster3"]
         assert svc.backends == {"10.244.1.10": {"http": records.L4Addr("TCP", 8080)}}
@@ -181,9 +184,9 @@ async def test_cilium_examples_and_older_variants_are_read(tmp_path: pathlib.Pat
         echo = cache.services_named("test", "echo")["cluster2"]
         assert echo.backends == {"20.0.0.2": {"tcp": records.L4Addr("TCP", 9090)}} and echo.frontends is None
         masked = cache.get(Kind.IPCACHE, "cluster2", "10.245.0.20")
-        assert isinstance(masked, records.IPIdentityPair) and masked.mask is None and masked.id == 131078
+        assert isinstance(masked, mesh_cache.IPCacheEntry) and masked.prefix == "10.245.0.20" and masked.id == 131078
         host = cache.get(Kind.IPCACHE, "cluster2", "172.18.0.3")
-        assert isinstance(host, records.IPIdentityPair) and host.id == 6  # a peer's host is a remote node to us
+        assert isinstance(host, mesh_cache.IPCacheEntry) and host.id == 6  # a peer's host is a remote node to us
 
         export = cache.get(Kind.SERVICE_EXPORTS, "cluster1", "default/basic")
         assert isinstance(export, records.ServiceExport)
@@ -402,3 +405,12 @@ async def test_bad_records_are_counted_and_skipped_while_serving(tmp_path: pathl
         assert cache.services_named("my-namespace", "my-app")["cluster-b"] == good_service
         await peer.put(service(peer.name, 2, "my-namespace", "my-app", ["10.2.0.99"]))
         await converged(cache, peer)
+        # A relist after a reconnect delivers only what changed: the unchanged bad records are not counted again.
+        assert peer.proxy is not None
+        peer.proxy.set_mode(tcp_proxy.Mode.REJECT)
+        await disconnected(agent_mesh)
+        await peer.put(node(peer.name, 2, "while-away", cidr="10.2.61.0/24"))
+        peer.proxy.set_mode(tcp_proxy.Mode.FORWARD)
+        await eventually(lambda: status_of(agent_mesh, peer.name).ready, timeout=10)
+        await converged(cache, peer)
+        assert status_of(agent_mesh, peer.name).invalid_records == 4

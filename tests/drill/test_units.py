@@ -14,6 +14,7 @@ import pathlib
 import pytest
 import yaml
 
+from agent import cache as mesh_cache
 from agent import grpc_server
 from clustermesh import records
 from clustermesh.drill import app_manifest, churn, entries, plot, report, runner, timeline, verdict
@@ -133,8 +134,10 @@ def test_entries_match_the_agents_api_form() -> None:
         grpc_server.service_message("cluster-a", SERVICE))
     assert entries.identity("cluster-a", IDENTITY) == entries.identity_message(
         grpc_server.identity_message("cluster-a", IDENTITY))
+    cached = mesh_cache.IPCacheEntry(IPCACHE.prefix_string, IPCACHE.id, IPCACHE.host_ip, IPCACHE.key,
+                                     IPCACHE.k8s_namespace, IPCACHE.k8s_pod_name)  # what the agent keeps of it
     assert entries.ipcache("cluster-a", IPCACHE) == entries.ipcache_message(
-        grpc_server.ipcache_message("cluster-a", IPCACHE))
+        grpc_server.ipcache_message("cluster-a", cached))
     key, fingerprint = entries.service("cluster-a", SERVICE)
     assert str(key) == "services cluster-a/my-namespace/my-app"
     assert entries.backend_ips(fingerprint) == {"10.1.1.10", "10.1.2.10"}
