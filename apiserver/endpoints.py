@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from apiserver import fields
-from clustermesh import records
+from clustermesh import codec, records
 from clustermesh.errors import DecodeError
 
 POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
@@ -77,8 +77,15 @@ def endpoint(obj: Mapping[str, Any], *, cluster: str) -> Endpoint | None:
         or fields.string(spec, "serviceAccount", "spec.serviceAccount")
         or DEFAULT_SERVICE_ACCOUNT
     )
-    labels = fields.string_map(metadata, "labels", "metadata.labels")
-    label_string = _label_string(tuple(labels.items()) if labels else (), namespace, service_account, cluster)
+    labels = metadata.get("labels")
+    if labels is not None and type(labels) is not dict:
+        fields.string_map(metadata, "labels", "metadata.labels")  # raises, naming the field
+    try:
+        label_string = _label_string(tuple(labels.items()) if labels else (), namespace, service_account, cluster)
+    except TypeError:
+        # An unhashable label value (a list, a mapping): fields.string_map names it.
+        fields.string_map(metadata, "labels", "metadata.labels")
+        raise
     host_ip = fields.string(status, "hostIP", "status.hostIP")
     return Endpoint(
         namespace=namespace,
@@ -98,8 +105,11 @@ def _label_string(labels: tuple[tuple[str, str], ...], namespace: str, service_a
     """The identity label string of a pod; DecodeError (never cached) if its labels cannot form one.
 
     Memoised: formatting and checking the labels is the largest part of converting a pod, and the result
-    depends on these arguments only.
+    depends on these arguments only. The labels are checked here too, once per distinct set rather than once
+    per pod: a set holding a value that is not a string is never cached (it raises), and cannot equal one
+    that is (a string equals no other type).
     """
+    fields.string_map({"labels": dict(labels)}, "labels", "metadata.labels")
     # Keys are qualified explicitly so that a key containing ':' cannot smuggle in another source.
     qualified = {f"{_SOURCE}:{key}": value for key, value in labels if key not in _IGNORED_LABELS}
     qualified[f"{_SOURCE}:{POD_NAMESPACE_LABEL}"] = namespace
@@ -159,18 +169,11 @@ def _port_path(container: int, port: int) -> str:
     return f"spec.containers[{container}].ports[{port}]"
 
 
-def ip_entries(pod: Endpoint, *, identity: int, host_ip: str) -> dict[str, records.IPIdentityPair]:
-    """The ipcache entries of a pod, keyed by IP."""
+def ip_entries(pod: Endpoint, *, identity: int, host_ip: str) -> dict[str, bytes]:
+    """The ipcache entries of a pod, encoded (codec.encode of their IPIdentityPair), keyed by IP."""
     return {
-        ip: records.IPIdentityPair(
-            ip=ip,
-            host_ip=host_ip,
-            id=identity,
-            k8s_namespace=pod.namespace,
-            k8s_pod_name=pod.name,
-            k8s_pod_uid=pod.uid,
-            k8s_service_account=pod.service_account,
-            named_ports=pod.named_ports,
+        ip: codec.encode_pod_ip_identity(
+            ip, host_ip, identity, pod.namespace, pod.name, pod.uid, pod.service_account, pod.named_ports
         )
         for ip in pod.ips
     }

@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 from apiserver import clock as clock_module
 from apiserver import cluster_config, endpoints, heartbeat, identities, inventory, nodes, service_exports, services
-from clustermesh import codec, errors, identity, keys, kube, records
+from clustermesh import codec, errors, identity, keys, kube
 from clustermesh.aio import backoff
 from clustermesh.etcd import client as etcd_client
 from clustermesh.etcd import lease as etcd_lease
@@ -174,9 +174,10 @@ class Publisher:
         self._published: dict[Kind, set[bytes]] = {kind: set() for kind in KINDS}
         # Keys found in etcd at start and primed, until the initial sync decides which stay.
         self._primed: dict[Kind, set[bytes]] = {kind: set() for kind in KINDS}
-        # Per pod: the label string whose identity it holds, and its ipcache entries by IP.
+        # Per pod: the label string whose identity it holds, and its encoded ipcache entries by IP (the
+        # stores hold the same bytes objects for the entries written).
         self._pod_labels: dict[inventory.Ref, str] = {}
-        self._pod_entries: dict[inventory.Ref, dict[str, records.IPIdentityPair]] = {}
+        self._pod_entries: dict[inventory.Ref, dict[str, bytes]] = {}
         # Pods claiming each IP, in arrival order: the first one's entry is published (Cilium keeps the
         # primary entry until it is deleted).
         self._ip_owners: dict[str, list[inventory.Ref]] = {}
@@ -463,7 +464,7 @@ class Publisher:
                 del self._pod_labels[ref]
             if previous is not None:
                 self.allocator.release(previous)
-        entries: dict[str, records.IPIdentityPair] = {}
+        entries: dict[str, bytes] = {}
         if pod is not None and numeric_id is not None:
             entries = endpoints.ip_entries(pod, identity=numeric_id, host_ip=self._host_ip(pod))
         old_entries = self._pod_entries.pop(ref, {})
@@ -496,7 +497,7 @@ class Publisher:
         if not owners:
             self._remove(Kind.IPCACHE, key)
         else:
-            self._put(Kind.IPCACHE, key, codec.encode(self._pod_entries[owners[0]][ip]))
+            self._put(Kind.IPCACHE, key, self._pod_entries[owners[0]][ip])
 
     def _expire_identities(self) -> None:
         for gone in self.allocator.expire():

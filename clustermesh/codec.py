@@ -130,6 +130,40 @@ def _encode_ip_identity(pair: records.IPIdentityPair) -> bytes:
     )
 
 
+def encode_pod_ip_identity(
+    ip: str,
+    host_ip: str,
+    id: int,
+    k8s_namespace: str,
+    k8s_pod_name: str,
+    k8s_pod_uid: str,
+    k8s_service_account: str,
+    named_ports: tuple[records.NamedPort, ...] | None,
+) -> bytes:
+    """encode(IPIdentityPair(...)) of a pod's entry (no mask, key or metadata), without building the record.
+
+    For the apiserver, which encodes an entry per pod IP (50,000 in a large cluster's initial sync) and keeps
+    only the bytes: building the record and dispatching on its type is half the cost (1.3 -> 0.7 us).
+    Positional, like the record's members, because keyword arguments cost more to pass.
+    """
+    return _go_escape(
+        _ENCODER.encode(
+            _IPIdentityPairWire(
+                ip=ip,
+                host_ip=host_ip,
+                id=id,
+                key=0,
+                metadata="",
+                k8s_namespace=k8s_namespace or None,
+                k8s_pod_name=k8s_pod_name or None,
+                k8s_pod_uid=k8s_pod_uid or None,
+                k8s_service_account=k8s_service_account or None,
+                named_ports=named_ports or None,
+            )
+        )
+    )
+
+
 class _ClusterServiceWire(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """records.ClusterService as Go encodes it."""
 

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import grpc
@@ -473,6 +473,35 @@ class EtcdClient:
             resp = await self._kv.Txn(request, timeout=self._timeout(timeout))
         self.check_header(resp.header)
         return TxnResult(resp.succeeded, resp.header.revision, list(resp.responses))
+
+    async def write(
+        self,
+        puts: Iterable[tuple[bytes, bytes, int]],
+        deletes: Iterable[bytes] = (),
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """Put each (key, value, lease) and delete each key in one unguarded transaction; return its revision.
+
+        The request txn() sends for put_op()s and delete_op()s, built in place: a writer of thousands of keys
+        (sync_store) skips the Op, RequestOp and PutRequest it would build per key and their copies into the
+        request, 1.7 -> 0.4 us per put. At most MAX_TXN_OPS operations in all; no key twice.
+        """
+        request = pb.TxnRequest()
+        add = request.success.add
+        for key, value, lease in puts:
+            put = add().request_put
+            put.key = key
+            put.value = value
+            put.lease = lease
+        for key in deletes:
+            add().request_delete_range.key = key
+        if len(request.success) > MAX_TXN_OPS:
+            raise ValueError(f"a transaction holds at most {MAX_TXN_OPS} operations per branch")
+        with mapped_errors("txn"):
+            resp = await self._kv.Txn(request, timeout=self._timeout(timeout))
+        self.check_header(resp.header)
+        return resp.header.revision
 
     async def compact(self, revision: int, *, physical: bool = True, timeout: float | None = None) -> None:
         """Compact the key-value history up to revision."""

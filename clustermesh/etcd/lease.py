@@ -77,27 +77,42 @@ class LeasePool:
         """The lease granted ahead for the next keys, 0 if none."""
         return self._spare
 
-    async def lease_for(self, key: bytes) -> int:
-        """The lease key is (or now gets) attached to; moves on to a new lease when the current one is full."""
+    def try_lease_for(self, key: bytes) -> int:
+        """lease_for() without waiting: the lease key is (or now gets) attached to, 0 if it needs a grant first.
+
+        For a writer attaching thousands of keys in a row (sync_store): a plain call, where awaiting lease_for()
+        builds and runs a coroutine per key. On 0, await lease_for(key), which grants.
+        """
         lease = self._lease_of.get(key)
         if lease is not None:
             return lease
-        # The common case needs no lock: the current lease has room, or the spare is there to take over. Only
-        # granting inline (no spare yet) must be serialised.
+        # The common case needs no lock: the current lease has room, or the spare is there to take over.
         current = self._current
         if not current or len(self._keys[current]) >= self.max_keys_per_lease:
             current = self._take_spare()
             if not current:
-                async with self._grant_lock:
-                    current = self._current
-                    if not current or len(self._keys[current]) >= self.max_keys_per_lease:
-                        current = self._take_spare() or self._use(await self.client.lease_grant(self.ttl))
-        attached = self._keys[current]
+                return 0
+        return self._attach(key, current)
+
+    async def lease_for(self, key: bytes) -> int:
+        """The lease key is (or now gets) attached to; moves on to a new lease when the current one is full."""
+        lease = self.try_lease_for(key)
+        if lease:
+            return lease
+        # Only granting inline (no spare yet) must be serialised.
+        async with self._grant_lock:
+            current = self._current
+            if not current or len(self._keys[current]) >= self.max_keys_per_lease:
+                current = self._take_spare() or self._use(await self.client.lease_grant(self.ttl))
+        return self._attach(key, current)
+
+    def _attach(self, key: bytes, lease: int) -> int:
+        attached = self._keys[lease]
         attached.add(key)
-        self._lease_of[key] = current
+        self._lease_of[key] = lease
         if len(attached) == self.max_keys_per_lease // 2 and not self._spare:
             self._spare_wanted.set()
-        return current
+        return lease
 
     def _take_spare(self) -> int:
         """Make the spare the current lease and return it; 0 if there is none."""

@@ -293,11 +293,11 @@ class SyncStore:
             if not batch:
                 return
             try:
-                ops = await self._ops(batch)
+                puts, deletes = await self._ops(batch)
             except BaseException:
                 self._requeue(batch)
                 raise
-            txn = asyncio.create_task(self._write(batch, ops), name=f"sync {self.name} txn")
+            txn = asyncio.create_task(self._write(batch, puts, deletes), name=f"sync {self.name} txn")
             txn.add_done_callback(self._txn_done)
             self._txns.add(txn)
 
@@ -314,32 +314,38 @@ class SyncStore:
             inflight[key] = value
         return batch
 
-    async def _ops(self, batch: list[_Write]) -> list[etcd_client.Op]:
-        """The operations of batch, each put on its key's lease.
+    async def _ops(self, batch: list[_Write]) -> tuple[list[tuple[bytes, bytes, int]], list[bytes]]:
+        """The puts of batch, each on its key's lease, and its deletes: client.write()'s arguments.
 
         Built here, by run() alone, rather than in each transaction's task: the LeasePool's grant lock makes
         concurrent callers queue behind one another, each handing over to the next only through a turn of the
         event loop, and a busy loop (a publisher converting thousands of objects) turns rarely.
         """
-        ops: list[etcd_client.Op] = []
+        puts: list[tuple[bytes, bytes, int]] = []
+        deletes: list[bytes] = []
+        leases = self.leases
         for key, value in batch:
             if value is _DELETE:
-                ops.append(etcd_client.delete_op(key))
+                deletes.append(key)
+            elif leases is None:
+                puts.append((key, value, 0))
             else:
-                lease = await self.leases.lease_for(key) if self.leases is not None else 0
-                ops.append(etcd_client.put_op(key, value, lease=lease))
-        return ops
+                # The plain call almost always has the lease; awaiting lease_for() only to grant one.
+                puts.append((key, value, leases.try_lease_for(key) or await leases.lease_for(key)))
+        return puts, deletes
 
     def _requeue(self, batch: list[_Write]) -> None:
         for key, value in batch:
             del self._inflight[key]
             self._pending.setdefault(key, value)
 
-    async def _write(self, batch: list[_Write], ops: list[etcd_client.Op]) -> None:
+    async def _write(
+        self, batch: list[_Write], puts: list[tuple[bytes, bytes, int]], deletes: list[bytes]
+    ) -> None:
         """One transaction; on success its keys count as written, otherwise they are queued again."""
         try:
             # Puts and deletes are idempotent, so a transaction whose outcome is unknown is simply re-queued.
-            await self.client.txn(ops)
+            await self.client.write(puts, deletes)
         except BaseException:
             self._requeue(batch)
             raise
@@ -387,7 +393,7 @@ class SyncStore:
             leftovers = [kv.key for kv in existing.kvs if kv.key not in self._written]
             for start in range(0, len(leftovers), etcd_client.MAX_TXN_OPS):
                 chunk = leftovers[start : start + etcd_client.MAX_TXN_OPS]
-                await self.client.txn([etcd_client.delete_op(key) for key in chunk])
+                await self.client.write((), chunk)
                 self.deletes += len(chunk)
             if leftovers:
                 log.info("event=sync.swept store=%s keys=%d", self.name, len(leftovers))

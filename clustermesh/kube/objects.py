@@ -35,7 +35,8 @@ class Kind(enum.StrEnum):
     @property
     def namespaced(self) -> bool:
         """Whether objects of this kind live in a namespace."""
-        return self not in (Kind.NODE, Kind.NAMESPACE)
+        # A set lookup: comparing with each member of a tuple goes through str.__eq__ (once per object read).
+        return self not in _CLUSTER_SCOPED
 
 
 class ConfigKind(enum.StrEnum):
@@ -52,6 +53,8 @@ class ConfigKind(enum.StrEnum):
         """Whether objects of this kind live in a namespace."""
         return self is ConfigKind.SECRET
 
+
+_CLUSTER_SCOPED = frozenset({Kind.NODE, Kind.NAMESPACE})
 
 AnyKind: TypeAlias = Kind | ConfigKind
 """Any kind a source can deliver."""

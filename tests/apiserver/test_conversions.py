@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from apiserver import endpoints, fields, nodes, service_exports, services
-from clustermesh import records
+from clustermesh import codec, records
 from clustermesh.errors import DecodeError
 
 
@@ -118,7 +118,47 @@ def test_pod_endpoint() -> None:
     assert pod.named_ports == (records.NamedPort("admin", 9000, "SCTP"), records.NamedPort("web", 80, "TCP"))
     entries = endpoints.ip_entries(pod, identity=300, host_ip="192.0.2.1")
     assert list(entries) == ["10.0.0.1", "fd00::1"]
-    assert entries["fd00::1"].host_ip == "192.0.2.1" and entries["fd00::1"].id == 300
+    assert entries["fd00::1"] == codec.encode(
+        records.IPIdentityPair(
+            ip="fd00::1",
+            host_ip="192.0.2.1",
+            id=300,
+            k8s_namespace="ns",
+            k8s_pod_name=pod.name,
+            k8s_pod_uid=pod.uid,
+            k8s_service_account="legacy",
+            named_ports=pod.named_ports,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "service_account", "named_ports"),
+    [
+        ("plain", "sa", (records.NamedPort("web", 80, "TCP"),)),
+        ("esc<aped>&\u2028", "", None),
+        ("", "sa", ()),
+    ],
+)
+def test_encoded_pod_entries_are_the_bytes_of_their_record(
+    name: str, service_account: str, named_ports: tuple[records.NamedPort, ...] | None
+) -> None:
+    # The publisher encodes pod entries without building their record: same bytes, Go's escapes and omitempty.
+    value = codec.encode_pod_ip_identity(
+        "10.0.0.1", "192.0.2.1", 70000, "ns", name, "uid", service_account, named_ports
+    )
+    assert value == codec.encode(
+        records.IPIdentityPair(
+            ip="10.0.0.1",
+            host_ip="192.0.2.1",
+            id=70000,
+            k8s_namespace="ns",
+            k8s_pod_name=name,
+            k8s_pod_uid="uid",
+            k8s_service_account=service_account,
+            named_ports=named_ports,
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -141,6 +181,15 @@ def test_malformed_pods_name_the_field() -> None:
     with pytest.raises(DecodeError) as raised:
         endpoints.endpoint(_pod(spec__containers=[{"ports": [{"name": "x", "containerPort": True}]}]), cluster="c")
     assert raised.value.key == "spec.containers[0].ports[0]"
+
+
+@pytest.mark.parametrize("labels", [{"a": 1}, {"a": ["x"]}, {"a": {"b": "c"}}])
+def test_pod_labels_that_are_not_strings_name_the_label(labels: dict[str, object]) -> None:
+    # Checked inside the memoised label string (once per distinct set), the message is unchanged.
+    for _ in range(2):  # never cached: the second pod is refused the same way
+        with pytest.raises(DecodeError) as raised:
+            endpoints.endpoint(_pod(metadata__labels=labels), cluster="c")
+        assert (raised.value.key, raised.value.reason) == ("metadata.labels['a']", "expected string keys and values")
 
 
 def _service(annotations: dict[str, str], **spec: object) -> dict:

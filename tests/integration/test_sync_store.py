@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import pytest
@@ -229,7 +229,7 @@ async def test_restarted_writer_adopts_lease_and_rewrites_nothing(admin) -> None
 class GatedClient:
     """The real client, with its transactions held at gates and watched: how many are in flight, which keys.
 
-    txn() waits at `before` (not yet sent) and, once etcd has answered, at `after` (landed, not yet reported);
+    write() waits at `before` (not yet sent) and, once etcd has answered, at `after` (landed, not yet reported);
     a StoreError queued in `failures` fails the next transaction to pass `before`, unsent. Everything else
     delegates.
     """
@@ -250,8 +250,10 @@ class GatedClient:
     def __getattr__(self, name: str) -> object:
         return getattr(self._client, name)
 
-    async def txn(self, success: list[etcd_client.Op], **kwargs: Any) -> etcd_client.TxnResult:
-        keys = [getattr(op.request, op.request.WhichOneof("request")).key for op in success]
+    async def write(
+        self, puts: Sequence[tuple[bytes, bytes, int]], deletes: Sequence[bytes] = (), **kwargs: Any
+    ) -> int:
+        keys = [key for key, _, _ in puts] + list(deletes)
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         self.shared_keys.update(key for key in keys if self.keys_inflight[key])
@@ -261,9 +263,9 @@ class GatedClient:
             if self.failures:
                 raise self.failures.pop(0)
             self.sent.append(keys)
-            result = await self._client.txn(success, **kwargs)
+            revision = await self._client.write(puts, deletes, **kwargs)
             await self.after.wait()
-            return result
+            return revision
         finally:
             self.inflight -= 1
             self.keys_inflight.subtract(keys)
