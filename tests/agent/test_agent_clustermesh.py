@@ -29,7 +29,7 @@ import grpc
 from clustermesh import connect
 from clustermesh.api.v1 import agent_pb2, agent_pb2_grpc
 from clustermesh.etcd import process
-from tests.agent import test_peer_harness as harness
+from tests.agent import peer_harness as harness
 from tests.agent.test_agent_process import ROOT, Agent
 from tests.helpers import eventually
 from tests.kube import test_kubernetes_api as fake

@@ -6,7 +6,7 @@ directory, readiness through gRPC health, the gRPC API (status, lists, ResolveSe
 into a peer's etcd), DNS answers following affinity when local backends disappear, Prometheus metrics over
 HTTP, the `clustermesh status|nodes|resolve` CLI against the running agent, SIGTERM (exit 0, socket removed),
 and invalid flags (one line, exit 2). Peers are written with the peer-side test harness
-(tests/agent/test_peer_harness.py), as an apiserver would write them.
+(tests/agent/peer_harness.py), as an apiserver would write them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clustermesh.api.v1 import agent_pb2, agent_pb2_grpc
 from clustermesh.etcd import process
-from tests.agent import test_peer_harness as harness
+from tests.agent import peer_harness as harness
 from tests.helpers import eventually
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

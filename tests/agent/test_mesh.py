@@ -28,7 +28,7 @@ from clustermesh.aio import tcp_proxy
 from clustermesh.etcd import client as etcd_client
 from clustermesh.etcd import process
 from clustermesh.keys import Kind
-from tests.agent.test_peer_harness import (
+from tests.agent.peer_harness import (
     FAST,
     LOCAL,
     cached_state,

@@ -20,7 +20,7 @@ from agent import cache as mesh_cache
 from agent import cluster_ids, mesh, remote_cluster
 from clustermesh import records
 from clustermesh.keys import Kind
-from tests.agent.test_peer_harness import (
+from tests.agent.peer_harness import (
     FAST,
     LOCAL,
     converged,

@@ -31,7 +31,7 @@ from clustermesh.api.etcd import rpc_pb2
 from clustermesh.errors import DecodeError
 from clustermesh.etcd import watch_store
 from clustermesh.keys import Kind
-from tests.agent.test_peer_harness import Published, cached_form, identity, ip_entry, node, record_key, service
+from tests.agent.peer_harness import Published, cached_form, identity, ip_entry, node, record_key, service
 
 CLUSTER = "cluster-b"
 CLUSTER_ID = 2

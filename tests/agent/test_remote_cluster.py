@@ -25,7 +25,7 @@ from clustermesh import codec, keys, records
 from clustermesh.aio import tcp_proxy
 from clustermesh.etcd import access
 from clustermesh.keys import Kind
-from tests.agent.test_peer_harness import (
+from tests.agent.peer_harness import (
     DATA_KINDS,
     FAST,
     LOCAL,
