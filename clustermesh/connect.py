@@ -21,13 +21,11 @@ A Kubernetes cluster describes itself to the exchange with the Secret `clusterme
 namespace (cluster_secret()): the same keys as a peer Secret, plus `max-connected-clusters` and `pod-cidrs`.
 `clustermesh deploy render` creates it; `clustermesh connect` only reads it.
 
-The Kubernetes API calls at the end of this module belong in clustermesh.kube by the house rules; they are
-here until that package grows a writer (see load_kubernetes_trust / apply_kubernetes).
+The Kubernetes API calls themselves are clustermesh.kube.object_api's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
@@ -405,97 +403,15 @@ def dump_yaml(documents: Iterable[dict[str, Any]]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The Kubernetes API (the official client is blocking: each call runs in a thread)
-
-
-def _api_client(kubeconfig: pathlib.Path | None) -> Any:
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    try:
-        config.load_kube_config(
-            config_file=str(kubeconfig) if kubeconfig is not None else None,
-            client_configuration=configuration,
-            persist_config=False,
-        )
-    except (config.ConfigException, OSError, TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot load kubeconfig {kubeconfig or '(default)'}: {exc}") from None
-    return client.ApiClient(configuration)
-
-
-def _api_error(exc: Exception, what: str) -> ConfigError:
-    status = getattr(exc, "status", None)
-    reason = getattr(exc, "reason", None) or str(exc)
-    return ConfigError(f"{what}: the Kubernetes API answered {status} {reason}".strip())
-
-
-def _read_trust(kubeconfig: pathlib.Path | None, namespace: str) -> ClusterTrust:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    with _api_client(kubeconfig) as api_client:
-        try:
-            secret = client.CoreV1Api(api_client).read_namespaced_secret(CLUSTER_SECRET_NAME, namespace)
-        except ApiException as exc:
-            raise _api_error(exc, f"reading Secret {namespace}/{CLUSTER_SECRET_NAME}") from None
-        return trust_from_secret(api_client.sanitize_for_serialization(secret))
-
-
-def _read_cluster_mesh(kubeconfig: pathlib.Path | None) -> dict[str, Any] | None:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    with _api_client(kubeconfig) as api_client:
-        try:
-            found = client.CustomObjectsApi(api_client).get_cluster_custom_object(
-                CLUSTER_MESH_GROUP, CLUSTER_MESH_VERSION, CLUSTER_MESH_PLURAL, CLUSTER_MESH_NAME
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise _api_error(exc, f"reading {CLUSTER_MESH_KIND} {CLUSTER_MESH_NAME}") from None
-    return dict(found)  # type: ignore[call-overload]
-
-
-def _apply(kubeconfig: pathlib.Path | None, documents: Sequence[dict[str, Any]]) -> list[str]:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    applied = []
-    with _api_client(kubeconfig) as api_client:
-        core = client.CoreV1Api(api_client)
-        custom = client.CustomObjectsApi(api_client)
-        for document in documents:
-            kind, metadata = document["kind"], document["metadata"]
-            what = f"{kind} {metadata.get('namespace', '') + '/' if kind == 'Secret' else ''}{metadata['name']}"
-            try:
-                if kind == "Secret":
-                    # The client serialises a plain dict body as it is; its stubs only know the model classes.
-                    try:
-                        core.replace_namespaced_secret(
-                            metadata["name"], metadata["namespace"], document  # type: ignore[arg-type]
-                        )
-                    except ApiException as exc:
-                        if exc.status != 404:
-                            raise
-                        core.create_namespaced_secret(metadata["namespace"], document)  # type: ignore[arg-type]
-                elif kind == CLUSTER_MESH_KIND:
-                    args = (CLUSTER_MESH_GROUP, CLUSTER_MESH_VERSION, CLUSTER_MESH_PLURAL)
-                    if "resourceVersion" in metadata:
-                        custom.replace_cluster_custom_object(*args, metadata["name"], document)
-                    else:
-                        custom.create_cluster_custom_object(*args, document)
-                else:
-                    raise ValueError(f"cannot apply kind {kind}")
-            except ApiException as exc:
-                raise _api_error(exc, f"applying {what}") from None
-            applied.append(what)
-    return applied
+# Through the Kubernetes API (clustermesh.kube.object_api, imported when called: importing the kubernetes
+# client costs most of a command's start-up time, and most uses of this module never talk to a cluster)
 
 
 async def load_kubernetes_trust(kubeconfig: pathlib.Path | None, *, namespace: str = DEFAULT_NAMESPACE) -> ClusterTrust:
     """The trust a Kubernetes cluster describes itself with (Secret clustermesh-cluster); ConfigError otherwise."""
-    return await asyncio.to_thread(_read_trust, kubeconfig, namespace)
+    from clustermesh.kube import object_api
+
+    return trust_from_secret(await object_api.read_secret(kubeconfig, namespace, CLUSTER_SECRET_NAME))
 
 
 async def kubernetes_documents(
@@ -503,10 +419,17 @@ async def kubernetes_documents(
 ) -> list[dict[str, Any]]:
     """What to apply in the cluster of kubeconfig to make `peer` its peer: the peer Secret and the
     ClusterMesh resource, merged with the one the cluster already has (if any)."""
-    existing = await asyncio.to_thread(_read_cluster_mesh, kubeconfig)
+    from clustermesh.kube import object_api
+
+    existing = await object_api.read_cluster_object(
+        kubeconfig, CLUSTER_MESH_GROUP, CLUSTER_MESH_VERSION, CLUSTER_MESH_PLURAL, CLUSTER_MESH_NAME
+    )
     return [peer_secret(peer, namespace=namespace), cluster_mesh([peer.name], namespace=namespace, existing=existing)]
 
 
 async def apply_kubernetes(kubeconfig: pathlib.Path | None, documents: Sequence[dict[str, Any]]) -> list[str]:
     """Create or replace each document (Secrets, the ClusterMesh) in the cluster; return what was applied."""
-    return await asyncio.to_thread(_apply, kubeconfig, documents)
+    from clustermesh.kube import object_api
+
+    plurals = {CLUSTER_MESH_KIND: (CLUSTER_MESH_GROUP, CLUSTER_MESH_VERSION, CLUSTER_MESH_PLURAL)}
+    return await object_api.apply(kubeconfig, documents, plurals=plurals)

@@ -1,11 +1,12 @@
 """Kubernetes sources: the only code that talks to the Kubernetes API or reads Kubernetes YAML.
 
-Consumers build a source with `parse_source_spec(spec, kinds=...)` (or a source class directly) and run it in a
-task they own; everything they need is re-exported here, except the Kubernetes API source itself
-(`clustermesh.kube.kubernetes_api`): importing the kubernetes client costs most of a daemon's start-up time, so
-only a process that talks to a live API server pays it (`clustermesh.kube.cluster_mesh`, the ClusterMesh
-resources and their peer Secrets, imports it only when it runs). API errors are retried inside a source and never
-reach its caller, so the KubeAPIError tree (clustermesh.kube.errors) is not part of this surface.
+Consumers build a source with `parse_source_spec(spec, kinds=...)` (or a source class directly) and run it in a task
+they own; everything they need is re-exported here, except the Kubernetes API source itself
+(`clustermesh.kube.kubernetes_api`): importing the kubernetes client costs most of a daemon's start-up time, so only
+a process that talks to a live API server pays it (`clustermesh.kube.cluster_mesh`, the ClusterMesh resources and
+their peer Secrets, imports it only when it runs; so does clustermesh.connect with `clustermesh.kube.object_api`,
+the single-object reads and writes of the trust exchange). API errors are retried inside a source and never reach
+its caller, so the KubeAPIError tree (clustermesh.kube.errors) is not part of this surface.
 """
 
 from clustermesh.kube.event import SYNCED, Event, EventSink, EventType, SourceItem, Synced

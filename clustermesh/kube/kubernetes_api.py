@@ -17,7 +17,8 @@ Secrets can only be read that way, one namespace at a time: no source ever lists
 
 Responses are requested with `_preload_content=False` and decoded as raw JSON, which is faster than the
 client's model classes and keeps the objects exactly as the API server wrote them (camelCase keys), the same
-shape a manifest file gives. Only this module calls the Kubernetes API.
+shape a manifest file gives. Only this module and clustermesh.kube.object_api (single objects, for the
+trust exchange) call the Kubernetes API.
 
 Threads and the event loop meet in `_Channel`: reflectors hand messages over with `call_soon_threadsafe`;
 at most `max_pending` messages are in flight, so when the sink is slow the reflectors stop reading (TCP then
@@ -161,7 +162,7 @@ class KubernetesAPISource:
             raise RuntimeError(f"{self!r} is already running")
         self._running = True
         try:
-            configuration = await asyncio.to_thread(_load_configuration, self.kubeconfig)
+            configuration = await asyncio.to_thread(load_configuration, self.kubeconfig)
             with client.ApiClient(configuration) as api_client:
                 await self._run(api_client, emitter.Emitter(sink), ready)
         finally:
@@ -237,7 +238,7 @@ async def _join(inbox: asyncio.Queue[_Message], threads: list[threading.Thread])
         raise asyncio.CancelledError
 
 
-def _load_configuration(kubeconfig: Path | None) -> client.Configuration:
+def load_configuration(kubeconfig: Path | None) -> client.Configuration:
     """A fresh client configuration (never the library's global default). Blocking."""
     configuration = client.Configuration()
     where = str(kubeconfig) if kubeconfig is not None else "the in-cluster service account or ~/.kube/config"
@@ -571,12 +572,12 @@ class _Reflector:
         except client.ApiException as exc:
             if not exc.status:
                 raise errors.KubeUnavailable(str(exc.reason)) from exc
-            raise errors.from_status(exc.status, _status_message(exc)) from exc
+            raise errors.from_status(exc.status, status_message(exc)) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise errors.KubeUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
-def _status_message(exc: client.ApiException) -> str:
+def status_message(exc: client.ApiException) -> str:
     """The `message` of the Status object in an error response, else the HTTP reason."""
     try:
         status = json.loads(exc.body or "")
