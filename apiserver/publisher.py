@@ -374,18 +374,11 @@ class Publisher:
 
     async def _publish_settled(self) -> None:
         """Before SYNCED: write what the rest of the initial state will not change (module docstring, step 3)."""
-        settled = self.inventory.take_settled()
-        for name in sorted(settled.nodes):
-            self._publish_node(name)
-        if settled.pods:
-            await self._publish_pods(sorted(settled.pods))
+        await self._publish_nodes_and_pods(self.inventory.take_settled())
 
     async def _reconcile(self) -> None:
         dirty = self.inventory.take_dirty()
-        for name in sorted(dirty.nodes):
-            self._publish_node(name)
-        if dirty.pods:
-            await self._publish_pods(sorted(dirty.pods))
+        await self._publish_nodes_and_pods(dirty)
         for ref in sorted(dirty.services):
             self._publish_service(ref)
         for ref in sorted(dirty.exports):
@@ -428,6 +421,12 @@ class Publisher:
             return
         record = service_exports.service_export(export, exported, cluster=self.options.cluster)
         self._put(Kind.SERVICE_EXPORTS, key, codec.encode(record))
+
+    async def _publish_nodes_and_pods(self, dirty: inventory.Dirty) -> None:
+        for name in sorted(dirty.nodes):
+            self._publish_node(name)
+        if dirty.pods:
+            await self._publish_pods(sorted(dirty.pods))
 
     async def _publish_pods(self, refs: list[inventory.Ref]) -> None:
         wanted: dict[inventory.Ref, endpoints.Endpoint | None] = {}
