@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
@@ -61,11 +63,11 @@ _TIMEOUT = 600.0
 _LOGGED_AT = r"time=(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*event="
 
 
-def _ip(prefix: int, index: int) -> str:
+def ip_address(prefix: int, index: int) -> str:
     return f"{prefix}.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}"
 
 
-def _pod(index: int, sizes: dict[str, int], ip: str) -> dict[str, Any]:
+def pod(index: int, sizes: dict[str, int], ip: str) -> dict[str, Any]:
     app = index % sizes["identities"]
     return {
         "apiVersion": "v1",
@@ -84,7 +86,7 @@ def _pod(index: int, sizes: dict[str, int], ip: str) -> dict[str, Any]:
     }
 
 
-def _write_list(path: pathlib.Path, items: list[dict[str, Any]]) -> None:
+def write_list(path: pathlib.Path, items: list[dict[str, Any]]) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     partial.rename(path)
@@ -92,23 +94,23 @@ def _write_list(path: pathlib.Path, items: list[dict[str, Any]]) -> None:
 
 def write_cluster(directory: pathlib.Path, sizes: dict[str, int]) -> None:
     """The synthetic cluster as JSON List files (JSON: the source parses it far faster than YAML)."""
-    _write_list(directory / "nodes.json", [
+    write_list(directory / "nodes.json", [
         {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": f"node-{n}", "labels": {"kubernetes.io/hostname": f"node-{n}"}},
             "spec": {"podCIDR": f"10.{n >> 8}.{n & 255}.0/24"},
-            "status": {"addresses": [{"type": "InternalIP", "address": _ip(172, n)}]},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip_address(172, n)}]},
         }
         for n in range(sizes["nodes"])
     ])
-    _write_list(directory / "namespaces.json", [
+    write_list(directory / "namespaces.json", [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{n}"}} for n in range(sizes["namespaces"])
     ])
-    pods = [_pod(index, sizes, _ip(11, index)) for index in range(sizes["pods"])]
+    pods = [pod(index, sizes, ip_address(11, index)) for index in range(sizes["pods"])]
     chunk = 10_000
     for start in range(0, len(pods), chunk):
-        _write_list(directory / f"pods-{start // chunk}.json", pods[start : start + chunk])
+        write_list(directory / f"pods-{start // chunk}.json", pods[start : start + chunk])
     services, slices = [], []
     per_app = sizes["pods"] // sizes["identities"]
     for index in range(sizes["services"]):
@@ -118,10 +120,10 @@ def write_cluster(directory: pathlib.Path, sizes: dict[str, int]) -> None:
             "kind": "Service",
             "metadata": {"name": f"svc-{index}", "namespace": namespace,
                          "annotations": {"service.cilium.io/global": "true"}},
-            "spec": {"clusterIP": _ip(12, index), "selector": {"app": f"app-{index}"},
+            "spec": {"clusterIP": ip_address(12, index), "selector": {"app": f"app-{index}"},
                      "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
         })
-        addresses = [_ip(11, index + k * sizes["identities"]) for k in range(per_app)]
+        addresses = [ip_address(11, index + k * sizes["identities"]) for k in range(per_app)]
         slices.append({
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
@@ -131,8 +133,8 @@ def write_cluster(directory: pathlib.Path, sizes: dict[str, int]) -> None:
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             "endpoints": [{"addresses": [address], "conditions": {"ready": True}} for address in addresses],
         })
-    _write_list(directory / "services.json", services)
-    _write_list(directory / "slices.json", slices)
+    write_list(directory / "services.json", services)
+    write_list(directory / "slices.json", slices)
 
 
 def _write_phase_seconds(log: str) -> float:
@@ -182,15 +184,15 @@ async def _change_latencies(
     revisions = 0
     cpu = 0.0
     index = sizes["pods"]  # a pod of its own, in its own file, so the source re-reads only that file
-    _write_list(directory / "churn.json", [_pod(index, sizes, _ip(13, 0))])
+    write_list(directory / "churn.json", [pod(index, sizes, ip_address(13, 0))])
     prefix = b"cilium/state/ip/v1/default/"
     await asyncio.sleep(1.0)  # let the first version land before measuring
     for change in range(1, sizes["changes"] + 1):
-        key = prefix + _ip(13, change).encode()
+        key = prefix + ip_address(13, change).encode()
         start_revision = (await client.status()).revision
         cpu_before = _cpu_seconds(pid)
         started = time.perf_counter()
-        _write_list(directory / "churn.json", [_pod(index, sizes, _ip(13, change))])
+        write_list(directory / "churn.json", [pod(index, sizes, ip_address(13, change))])
         async with asyncio.timeout(30):
             async for batch in etcd_watch.Watch.prefix(client, prefix, start_revision=start_revision + 1):
                 if any(event.key == key for event in batch.events):
@@ -201,6 +203,53 @@ async def _change_latencies(
         revisions += (await client.status()).revision - start_revision
         cpu += _cpu_seconds(pid) - cpu_before
     return latencies, revisions / sizes["changes"], cpu * 1000 / sizes["changes"]
+
+
+@contextlib.asynccontextmanager
+async def apiserver(
+    root: pathlib.Path, manifests: pathlib.Path, endpoint: str, files: Any, *, cluster: str = CLUSTER,
+    cluster_id: int = CLUSTER_ID, profile: pathlib.Path | None = None,
+) -> AsyncIterator[tuple[int, dict[str, int], float]]:
+    """The real apiserver publishing `manifests` into the etcd at endpoint, its log in root; stopped on exit.
+
+    Yields (pid, ports by server name, perf_counter at start) once it listens; the pid is the apiserver's even
+    under py-spy (with `profile`).
+    """
+    log = root / "apiserver.log"
+    args = [
+        "--cluster-name", cluster, "--cluster-id", str(cluster_id),
+        "--etcd-endpoints", endpoint, "--etcd-ca", str(files.ca),
+        "--etcd-cert", str(files.cert), "--etcd-key", str(files.key),
+        "--source", f"manifests:{manifests}", "--grpc-listen", "127.0.0.1:0",
+        "--health-listen", "127.0.0.1:0", "--metrics-listen", "", "--heartbeat-interval", "3600",
+    ]
+    command = [sys.executable, "-m", "apiserver", *args]
+    if profile is not None:
+        command = [*_profiler(profile), *command]
+    with log.open("wb") as output:
+        started = time.perf_counter()
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=subprocess.DEVNULL, stdout=output,
+            stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    pid = process.pid
+    try:
+        ports = await _ports(log, process)
+        if profile is not None:
+            # The apiserver is py-spy's child: measure and stop that one (py-spy then writes its profile and
+            # exits).
+            pid = _only_child(process.pid)
+        yield pid, ports, started
+    finally:
+        if process.returncode is None:
+            os.kill(pid, signal.SIGTERM)
+        await process.wait()
+
+
+async def wait_ready(ports: dict[str, int]) -> None:
+    """Return once the apiserver's /readyz answers 200 (readiness is announced only over HTTP)."""
+    while (await _http_get(ports["health"], "/readyz"))[0] != 200:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
 
 
 def _profiler(output: pathlib.Path) -> list[str]:
@@ -232,46 +281,17 @@ async def run(quick: bool, profile: pathlib.Path | None = None) -> dict[str, Any
                 expected_keys = sizes["nodes"] + sizes["pods"] + sizes["identities"] + sizes["services"]
                 baseline = await etcd_baseline.batched_puts(client, "bench/baseline/", expected_keys)
                 await client.delete_prefix(b"bench/")
-                log = root / "apiserver.log"
-                files = cluster_certs.admin
-                args = [
-                    "--cluster-name", CLUSTER, "--cluster-id", str(CLUSTER_ID),
-                    "--etcd-endpoints", process.endpoint, "--etcd-ca", str(files.ca),
-                    "--etcd-cert", str(files.cert), "--etcd-key", str(files.key),
-                    "--source", f"manifests:{manifests}", "--grpc-listen", "127.0.0.1:0",
-                    "--health-listen", "127.0.0.1:0", "--metrics-listen", "", "--heartbeat-interval", "3600",
-                ]
-                command = [sys.executable, "-m", "apiserver", *args]
-                if profile is not None:
-                    command = [*_profiler(profile), *command]
-                with log.open("wb") as output:
-                    started = time.perf_counter()
-                    apiserver = await asyncio.create_subprocess_exec(
-                        *command, stdin=subprocess.DEVNULL, stdout=output,
-                        stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                    )
-                pid = apiserver.pid
-                try:
-                    ports = await _ports(log, apiserver)
-                    if profile is not None:
-                        # The apiserver is py-spy's child: measure and stop that one (py-spy then writes its
-                        # profile and exits).
-                        pid = _only_child(apiserver.pid)
+                async with apiserver(root, manifests, process.endpoint, cluster_certs.admin,
+                                     profile=profile) as (pid, ports, started):
                     async with asyncio.timeout(_TIMEOUT):
-                        # Readiness is announced only over HTTP: poll it.
-                        while (await _http_get(ports["health"], "/readyz"))[0] != 200:  # noqa: ASYNC110
-                            await asyncio.sleep(0.05)
+                        await wait_ready(ports)
                     wall = time.perf_counter() - started
                     cpu_to_ready = _cpu_seconds(pid)
                     async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']}") as channel:
                         status = await pb_grpc.ApiserverStub(channel).GetSyncStatus(pb.GetSyncStatusRequest())
                     published = sum(kind.keys for kind in status.kinds)
-                    write_phase = _write_phase_seconds(await asyncio.to_thread(log.read_text))
+                    write_phase = _write_phase_seconds(await asyncio.to_thread((root / "apiserver.log").read_text))
                     latencies, revisions, cpu_ms = await _change_latencies(client, manifests, sizes, pid)
-                finally:
-                    if apiserver.returncode is None:
-                        os.kill(pid, signal.SIGTERM)
-                    await apiserver.wait()
         finally:
             await client.close()
     keys_per_s = published / status.bootstrap_seconds

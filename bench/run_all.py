@@ -1,10 +1,10 @@
 """Every benchmark of issue 7 in one pass, summarised as one JSON object that can be tracked over time.
 
 Runs, each as its own process (so one benchmark's memory and threads never colour another's):
-bench/etcd_baseline.py, bench/publish.py, bench/publish_writer.py, bench/agent_bootstrap.py, bench/propagation.py
-and bench/fanout.py, passing --quick on. With --repeat N each runs N times and every figure is the median of its
-runs; each ratio is always computed within one run (the bare baseline it divides by is measured in that same run),
-then the median of those ratios is taken.
+bench/etcd_baseline.py, bench/publish.py, bench/publish_writer.py, bench/agent_bootstrap.py, bench/propagation.py,
+bench/end_to_end.py and bench/fanout.py, passing --quick on. With --repeat N each runs N times and every figure is
+the median of its runs; each ratio is always computed within one run (the bare baseline it divides by is measured
+in that same run), then the median of those ratios is taken.
 
 The summary holds at least: bootstrap_ratio, rss_bytes_per_entry, propagation_p99_ratio_325,
 propagation_keeps_up_3250, publish_ratio, big_service_ingest_ms, fanout_p99_ratio, the machine, the bare-etcd
@@ -32,7 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import harness
 
 BENCH = pathlib.Path(__file__).resolve().parent
-BENCHMARKS = ("etcd_baseline", "publish", "publish_writer", "agent_bootstrap", "propagation", "fanout")
+BENCHMARKS = ("etcd_baseline", "publish", "publish_writer", "agent_bootstrap", "propagation", "end_to_end", "fanout")
 
 Figure = Callable[[dict[str, Any]], Any]
 
@@ -57,6 +57,8 @@ FIGURES: tuple[tuple[str, str, Figure], ...] = (
     ("cached_entries", "agent_bootstrap", lambda r: r["cached_entries"]),
     ("fanout_capacity_per_s", "fanout", lambda r: r["capacity_per_s"]),
     ("publish_writer_ratio", "publish_writer", lambda r: r["ratio_store_to_bare"]),
+    ("end_to_end_p50_ms", "end_to_end", lambda r: r["file_to_agent_p50_ms"]),
+    ("end_to_end_p99_ms", "end_to_end", lambda r: r["file_to_agent_p99_ms"]),
 )
 BASELINES: tuple[tuple[str, str, Figure], ...] = (
     ("bootstrap_bare_range_read_s", "agent_bootstrap", lambda r: r["bare_read_s"]),
