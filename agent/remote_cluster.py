@@ -683,10 +683,18 @@ class RemoteCluster:
         ttl = self._options.cache_ttl
         if ttl <= 0:
             return
+        delay = self._tick
         while True:
-            await asyncio.sleep(self._tick)
+            await asyncio.sleep(delay)
+            delay = self._tick
             since = self._disconnected_since
-            if since is None or self.revoked or self._clock() - since < ttl:
+            if since is None or self.revoked:
+                continue
+            remaining = since + ttl - self._clock()
+            if remaining > 0:
+                # Wake at the TTL itself rather than up to a tick after it (a jumping test clock is still seen
+                # within a tick).
+                delay = min(self._tick, remaining)
                 continue
             store = self._stores.get(Kind.SERVICES)
             # A running store is relisting right now: its list, not the TTL, decides what stays.
