@@ -104,6 +104,37 @@ def _stamp(files: TLSFiles) -> _Stamp:
     return tuple(stamps)
 
 
+class _Reloader:
+    """The last good material of a TLSFiles set, re-read only when the files' stamp changes.
+
+    Shared by the server credentials' fetch callback and CertificateWatcher: both must skip unchanged files
+    without reading them, and must never hand out a set that is inconsistent mid-rotation.
+    """
+
+    def __init__(self, files: TLSFiles) -> None:
+        """Read and verify the files now; raise CertificateError if they are unusable."""
+        self.files = files
+        self.stamp = _stamp(files)
+        self.material = load_verified(files)
+
+    def reload(self) -> TLSMaterial | None:
+        """New, consistent material if the files changed to some since the last call; None otherwise."""
+        stamp = _stamp(self.files)
+        if stamp == self.stamp:
+            return None
+        self.stamp = stamp
+        try:
+            material = load_verified(self.files)
+        except errors.CertificateError as exc:
+            # Mid-rotation or a broken file: keep the last good material; the next change retries.
+            log.warning("certificate files changed but are not usable yet, keeping the current ones: %s", exc)
+            return None
+        if material == self.material:
+            return None
+        self.material = material
+        return material
+
+
 def _server_configuration(material: TLSMaterial) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration(
         [(material.key, material.cert)], root_certificates=material.ca
@@ -116,30 +147,18 @@ class _ServerConfigurationFetcher:
     from its own threads, so it only stats the files unless they changed."""
 
     def __init__(self, files: TLSFiles) -> None:
-        self._files = files
         self._lock = threading.Lock()
-        self._stamp = _stamp(files)
-        self._material = load_verified(files)
+        self._reloader = _Reloader(files)
 
     def initial(self) -> grpc.ServerCertificateConfiguration:
-        return _server_configuration(self._material)
+        return _server_configuration(self._reloader.material)
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
         with self._lock:
-            stamp = _stamp(self._files)
-            if stamp == self._stamp:
-                return None
-            self._stamp = stamp
-            try:
-                material = load_verified(self._files)
-            except errors.CertificateError as exc:
-                # Mid-rotation or a broken file: keep serving the last good pair; the next change retries.
-                log.warning("keeping the current server certificate: %s", exc)
-                return None
-            if material == self._material:
-                return None
-            self._material = material
-        log.info("server certificate reloaded from %s", self._files.cert)
+            material = self._reloader.reload()
+        if material is None:
+            return None
+        log.info("server certificate reloaded from %s", self._reloader.files.cert)
         return _server_configuration(material)
 
 
@@ -195,8 +214,7 @@ class CertificateWatcher:
         self.interval = interval
         self._on_change = on_change
         self._version = 0
-        self._material: TLSMaterial | None = None
-        self._stamp: _Stamp = ()
+        self._reloader: _Reloader | None = None
         self._running = False
 
     def __repr__(self) -> str:
@@ -210,9 +228,9 @@ class CertificateWatcher:
     @property
     def material(self) -> TLSMaterial:
         """The last published material; raise RuntimeError before run() has read the files."""
-        if self._material is None:
+        if self._reloader is None:
             raise RuntimeError("CertificateWatcher.run() has not read the files yet")
-        return self._material
+        return self._reloader.material
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         """Read the files, set `ready`, then poll every `interval` until cancelled.
@@ -224,8 +242,7 @@ class CertificateWatcher:
             raise RuntimeError(f"{self!r} is already running")
         self._running = True
         try:
-            self._stamp = _stamp(self.files)
-            self._material = load_verified(self.files)
+            self._reloader = _Reloader(self.files)
             self._version = 0
             if ready is not None:
                 ready.set()
@@ -240,20 +257,11 @@ class CertificateWatcher:
 
         Only valid while run() is active; unchanged files are not re-read, an inconsistent set is skipped.
         """
-        if self._material is None:
+        if self._reloader is None:
             raise RuntimeError("CertificateWatcher.check() needs run() to have read the files")
-        stamp = _stamp(self.files)
-        if stamp == self._stamp:
+        material = self._reloader.reload()
+        if material is None:
             return False
-        self._stamp = stamp
-        try:
-            material = load_verified(self.files)
-        except errors.CertificateError as exc:
-            log.warning("certificate files changed but are not usable yet: %s", exc)
-            return False
-        if material == self._material:
-            return False
-        self._material = material
         self._version += 1
         log.info("certificate material changed: %s (version %d)", self.files.cert, self._version)
         if self._on_change is not None:
