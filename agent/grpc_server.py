@@ -32,7 +32,7 @@ import pathlib
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import NamedTuple, NoReturn, Protocol
+from typing import NamedTuple, NoReturn, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -45,6 +45,9 @@ from clustermesh import identity, records, tls
 from clustermesh.api.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
+_M = TypeVar("_M")
 
 Kind = mesh_cache.Kind
 
@@ -314,43 +317,40 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     async def ListNodes(
         self, request: agent_pb2.ListRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.ListNodesResponse:
-        return agent_pb2.ListNodesResponse(nodes=[
-            node_message(cluster, record)
-            for cluster, _, record in self._items(Kind.NODES, request.cluster)
-            if isinstance(record, records.Node)
-        ])
+        return agent_pb2.ListNodesResponse(
+            nodes=self._messages(Kind.NODES, request.cluster, records.Node, node_message)
+        )
 
     async def ListIdentities(
         self, request: agent_pb2.ListRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.ListIdentitiesResponse:
-        found = [
-            identity_message(cluster, record)
-            for cluster, _, record in self._items(Kind.IDENTITIES, request.cluster)
-            if isinstance(record, records.Identity)
-        ]
+        found = self._messages(Kind.IDENTITIES, request.cluster, records.Identity, identity_message)
         found.sort(key=lambda message: message.id)
         return agent_pb2.ListIdentitiesResponse(identities=found)
 
     async def ListIPCache(
         self, request: agent_pb2.ListRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.ListIPCacheResponse:
-        return agent_pb2.ListIPCacheResponse(entries=[
-            ipcache_message(cluster, record)
-            for cluster, _, record in self._items(Kind.IPCACHE, request.cluster)
-            if isinstance(record, mesh_cache.IPCacheEntry)
-        ])
+        return agent_pb2.ListIPCacheResponse(
+            entries=self._messages(Kind.IPCACHE, request.cluster, mesh_cache.IPCacheEntry, ipcache_message)
+        )
 
     async def ListServices(
         self, request: agent_pb2.ListRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.ListServicesResponse:
-        return agent_pb2.ListServicesResponse(services=[
-            service_message(cluster, record)
-            for cluster, _, record in self._items(Kind.SERVICES, request.cluster)
-            if isinstance(record, records.ClusterService)
-        ])
+        return agent_pb2.ListServicesResponse(
+            services=self._messages(Kind.SERVICES, request.cluster, records.ClusterService, service_message)
+        )
 
     def _items(self, kind: Kind, cluster: str) -> list[tuple[str, str, mesh_cache.Record]]:
         return sorted(self._cache.items(kind, cluster or None), key=lambda item: (item[0], item[1]))
+
+    def _messages(
+        self, kind: Kind, cluster: str, record_type: type[_R], to_message: Callable[[str, _R], _M]
+    ) -> list[_M]:
+        """The cached records of kind (of one cluster, or all if empty) as messages, sorted by cluster and name."""
+        return [to_message(owner, record) for owner, _, record in self._items(kind, cluster)
+                if isinstance(record, record_type)]
 
     async def ResolveService(
         self, request: agent_pb2.ResolveServiceRequest, context: grpc.aio.ServicerContext
