@@ -17,7 +17,6 @@ the same etcd in the same run.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import pathlib
@@ -141,14 +140,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_CHANGES} changes instead of {CHANGES}")
-    parser.add_argument("--json", type=pathlib.Path, help="write the figures here")
-    args = parser.parse_args()
-    result = asyncio.run(run(args.quick))
-    report(result)
-    harness.write_json(args.json, {"benchmark": "end_to_end", **result})
-    return 0
+    return harness.main(__doc__, "end_to_end", f"{QUICK_CHANGES} changes instead of {CHANGES}", run, report)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ p50/p99 at a fixed put rate.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import pathlib
 import subprocess
@@ -154,14 +153,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="20,000 keys instead of 100,000")
-    parser.add_argument("--json", type=pathlib.Path, help="write the figures here")
-    args = parser.parse_args()
-    result = asyncio.run(run(args.quick))
-    report(result)
-    harness.write_json(args.json, {"benchmark": "etcd_baseline", **result})
-    return 0
+    return harness.main(__doc__, "etcd_baseline", "20,000 keys instead of 100,000", run, report)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ but set-up and reporting.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -14,7 +16,7 @@ import platform
 import statistics
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from clustermesh import certs
@@ -95,3 +97,19 @@ def write_json(path: pathlib.Path | None, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
     print(f"\nwrote {path}")
+
+
+def main(
+    doc: str | None, benchmark: str, quick_help: str,
+    run: Callable[[bool], Coroutine[Any, Any, dict[str, Any]]], report: Callable[[dict[str, Any]], None],
+) -> int:
+    """The command line of a benchmark with only --quick and --json: run it, print its table, write its JSON."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", type=pathlib.Path, help="write the figures here")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.quick))
+    report(result)
+    write_json(args.json, {"benchmark": benchmark, **result})
+    return 0
+

@@ -23,7 +23,6 @@ loop waits for every put's fsync and tops out near 700 puts/s on the reference m
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import datetime
@@ -329,14 +328,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 s per rate instead of 8 s")
-    parser.add_argument("--json", type=pathlib.Path, help="write the figures here")
-    args = parser.parse_args()
-    result = asyncio.run(run(args.quick))
-    report(result)
-    harness.write_json(args.json, {"benchmark": "propagation", **result})
-    return 0
+    return harness.main(__doc__, "propagation", "2 s per rate instead of 8 s", run, report)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ could reach at most, if the conversion kept up on a core of its own.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import pathlib
 import statistics
@@ -100,14 +99,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_KEYS:,} keys instead of {KEYS:,}")
-    parser.add_argument("--json", type=pathlib.Path, help="write the figures here")
-    args = parser.parse_args()
-    result = asyncio.run(run(args.quick))
-    report(result)
-    harness.write_json(args.json, {"benchmark": "publish_writer", **result})
-    return 0
+    return harness.main(__doc__, "publish_writer", f"{QUICK_KEYS:,} keys instead of {KEYS:,}", run, report)
 
 
 if __name__ == "__main__":
