@@ -8,7 +8,6 @@ the other peers stay untouched; misuse. Excludes: connecting to the peers (test_
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -19,7 +18,7 @@ import pytest
 
 from clustermesh import mesh_config
 from clustermesh.errors import ConfigError
-from tests.helpers import eventually
+from tests.helpers import eventually, running
 
 PEER_YAML = """\
 endpoints:
@@ -113,15 +112,8 @@ class Recorder:
 @contextlib.asynccontextmanager
 async def watching(directory: pathlib.Path, recorder: Recorder):
     watcher = mesh_config.MeshConfigWatcher(directory, local_cluster="cluster-a", on_change=recorder)
-    ready = asyncio.Event()
-    task = asyncio.create_task(watcher.run(ready=ready))
-    try:
-        await asyncio.wait_for(ready.wait(), 10)
+    async with running(watcher):
         yield watcher
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_watcher_follows_add_change_and_remove(tmp_path: pathlib.Path) -> None:

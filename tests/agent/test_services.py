@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import pytest
 
@@ -22,6 +22,7 @@ from agent import cache as mesh_cache
 from agent import local_services, services
 from agent.local_services import Affinity, BackendState
 from clustermesh import kube, records
+from tests.helpers import running
 
 LOCAL, LOCAL_ID = "cluster-a", 1
 NS, NAME = "my-namespace", "my-app"
@@ -111,32 +112,6 @@ def remote_service(cluster: str, cluster_id: int, *backend_ips: str, shared: boo
 @pytest.fixture
 def cache() -> mesh_cache.MeshCache:
     return mesh_cache.MeshCache()
-
-
-class Runnable(Protocol):
-    async def run(self, *, ready: asyncio.Event | None = None) -> None: ...
-
-
-R = TypeVar("R", bound=Runnable)
-
-
-@contextlib.asynccontextmanager
-async def running(component: R) -> AsyncIterator[R]:
-    """Run component.run() in a task until the block ends; enter once it is ready, or raise why it stopped."""
-    ready = asyncio.Event()
-    task = asyncio.create_task(component.run(ready=ready))
-    waiter = asyncio.create_task(ready.wait())
-    try:
-        async with asyncio.timeout(10):
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            await task  # raises why it could not start
-        yield component
-    finally:
-        for pending in (waiter, task):
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending
 
 
 @contextlib.asynccontextmanager

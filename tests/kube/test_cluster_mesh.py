@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from clustermesh.kube import cluster_mesh
+from tests.helpers import running
 from tests.kube import test_kubernetes_api as fake
 
 NS = fake.PEER_NAMESPACE
@@ -81,20 +82,8 @@ async def watching(kubeconfig: Path, changes: Changes) -> AsyncIterator[cluster_
     watcher = cluster_mesh.ClusterMeshWatcher(
         kubeconfig, namespace=NS, local_cluster=LOCAL, on_change=changes, options=fake.FAST
     )
-    ready = asyncio.Event()
-    task = asyncio.create_task(watcher.run(ready=ready))
-    waiter = asyncio.create_task(ready.wait())
-    try:
-        async with asyncio.timeout(DEADLINE):
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            await task
+    async with running(watcher, timeout=DEADLINE):
         yield watcher
-    finally:
-        for pending in (waiter, task):
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending
 
 
 def secret_requests(cluster: fake.FakeCluster) -> list[dict[str, str]]:
